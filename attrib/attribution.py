@@ -1,0 +1,106 @@
+"""The abstract :class:`Attribution`: what every method and every composition is."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .batching import row_blocks
+from .forward import Model, run_model
+from .inputs import ForwardArgs, InputBatch
+from .state import guarded
+from .targets import Target, TargetLike, class_scores, resolve_target
+
+if TYPE_CHECKING:
+    from .compose import Pipeline, Product
+    from .postprocess import Step
+
+
+class Attribution(ABC):
+    """Explains a model's score for given inputs by a map over those inputs.
+
+    Subclasses implement :meth:`attribute`. Options are keyword-only and named
+    alike across methods: ``target`` (see :mod:`attrib.targets`),
+    ``baselines``, ``batch_size`` (the most rows in one forward pass),
+    ``seed``/``generator``, ``additional_forward_args``.
+
+    Args:
+        model: an ``nn.Module`` (or a callable returning a tensor) mapping
+            ``inputs`` (and ``additional_forward_args``) to an output ``(N, ...)``.
+        eval_mode: run the model in eval mode during the call (default);
+            pass False to keep its current mode (its buffers are restored).
+
+    Attributions compose: ``method.then(step, ...)`` post-processes the map and
+    ``method_a * method_b`` multiplies two maps; both are again Attributions.
+    """
+
+    def __init__(self, model: Model, *, eval_mode: bool = True) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable returning a Tensor, got {type(model).__name__}")
+        self.model = model
+        self.eval_mode = bool(eval_mode)
+
+    @abstractmethod
+    def attribute(self, inputs: Any, target: TargetLike = None, **kwargs: Any) -> Any:
+        """Attribution of ``target``'s score for each example in ``inputs``.
+
+        Returns a map per input, in the form of ``inputs`` (a tensor for a
+        tensor, a tuple for a tuple); each map is ``(N, ...)``, or
+        ``(N, K, ...)`` for an ``(N, K)`` target.
+        """
+
+    def then(self, *steps: Step) -> Pipeline:
+        """This method followed by post-processing ``steps`` (an :class:`Attribution`)."""
+        from .compose import Pipeline
+
+        return Pipeline(self, *steps)
+
+    def __mul__(self, other: Attribution) -> Product:
+        """The element-wise product of two methods' maps (an :class:`Attribution`)."""
+        from .compose import Product
+
+        if not isinstance(other, Attribution):
+            return NotImplemented
+        return Product(self, other)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+    # Helpers shared by subclasses -------------------------------------------------
+
+    def _guard(self) -> AbstractContextManager[None]:
+        """The model-state guard for one call."""
+        return guarded(self.model, eval_mode=self.eval_mode)
+
+    def _resolved_target(
+        self, target: TargetLike, batch: InputBatch, args: ForwardArgs, batch_size: int | None
+    ) -> Target:
+        """Resolve ``target``, running the clean inputs through the model if it is None."""
+        resolved = resolve_target(target, batch.n, batch.device)
+        return resolved.with_prediction(lambda: self._clean_class_scores(batch, args, batch_size))
+
+    def _clean_class_scores(self, batch: InputBatch, args: ForwardArgs, batch_size: int | None) -> Tensor:
+        """Per-class scores ``(N, C)`` (or the ``(N,)`` output) of the clean inputs, without gradients."""
+        blocks = []
+        with self._guard(), torch.no_grad():
+            for start, stop in row_blocks(batch.n, batch_size):
+                output = run_model(self.model, batch.block(start, stop), args.block(start, stop))
+                blocks.append(output if output.dim() == 1 else class_scores(output))
+        return torch.cat(blocks)
+
+    def _scores(
+        self, tensors: tuple[Tensor, ...], args: ForwardArgs, target: Target, batch_size: int | None
+    ) -> Tensor:
+        """Target scores ``(N,)`` or ``(N, K)`` of ``N`` example rows, without gradients."""
+        n = tensors[0].shape[0]
+        blocks = []
+        with self._guard(), torch.no_grad():
+            for start, stop in row_blocks(n, batch_size):
+                example = torch.arange(start, stop, device=tensors[0].device)
+                rows = tuple(t[start:stop] for t in tensors)
+                blocks.append(target.scores(run_model(self.model, rows, args.block(start, stop)), example))
+        return torch.cat(blocks)

@@ -1,0 +1,87 @@
+"""Methods built on (possibly rule-modified) gradients of a score w.r.t. the inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .attribution import Attribution
+from .batching import check_batch_size, row_blocks
+from .forward import run_model
+from .inputs import InputBatch, as_forward_args, as_input_batch
+from .rules import BackwardRule, rule_applied
+from .targets import Target, TargetLike, resolve_target
+
+
+def _leaf(t: Tensor) -> Tensor:
+    # Inference tensors cannot join a graph: copy those; others are shared, not copied.
+    source = t.clone() if t.is_inference() else t.detach()
+    return source.requires_grad_(True)
+
+
+def _gradient(score: Tensor, leaves: tuple[Tensor, ...], retain: bool) -> tuple[Tensor, ...]:
+    if not score.requires_grad:  # the score does not depend on the inputs at all
+        return tuple(torch.zeros_like(leaf) for leaf in leaves)
+    grads = torch.autograd.grad(score, leaves, retain_graph=retain, allow_unused=True)
+    return tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves))
+
+
+class GradientAttribution(Attribution):
+    """Base of methods that backpropagate a score to the inputs.
+
+    A subclass picks a backward rule (class attribute :attr:`rule`; None for
+    the plain gradient) and what to do with the resulting (pseudo-)gradients.
+    Gradients are taken with ``torch.autograd.grad`` on fresh leaves, so
+    nothing is written to ``.grad`` of the caller's tensors or parameters.
+    """
+
+    #: Backward rule applied to the rectifiers, or None for the plain gradient.
+    rule: BackwardRule | None = None
+
+    def _block_gradients(
+        self, rows: tuple[Tensor, ...], args: tuple[Any, ...], target: Target, example: Tensor
+    ) -> tuple[Tensor, ...]:
+        """Gradients of the target scores w.r.t. one block of rows.
+
+        Each result is ``rows[i].shape``, or ``(R, K, ...)`` for a target with
+        ``K`` scores per row: one forward pass, ``K`` backward passes.
+        """
+        leaves = tuple(_leaf(r) for r in rows)
+        # The model sees copies of the leaves, so in-place ops on its inputs are legal.
+        output = run_model(self.model, tuple(leaf.clone() for leaf in leaves), args)
+        scores = target.scores(output, example)
+        with rule_applied(scores, self.rule):
+            if scores.dim() == 1:
+                return _gradient(scores.sum(), leaves, retain=False)
+            k = scores.shape[1]
+            per_target = [_gradient(scores[:, j].sum(), leaves, retain=j < k - 1) for j in range(k)]
+        return tuple(torch.stack(grads, dim=1) for grads in zip(*per_target))
+
+    def _gradients_at_inputs(
+        self,
+        inputs: Any,
+        target: TargetLike,
+        batch_size: int | None,
+        additional_forward_args: Any,
+    ) -> tuple[InputBatch, tuple[Tensor, ...]]:
+        """Validate a call and return the inputs with their gradients, ``batch_size`` rows at a time."""
+        batch = as_input_batch(inputs)
+        args = as_forward_args(additional_forward_args, batch.n)
+        resolved = resolve_target(target, batch.n, batch.device)
+        batch_size = check_batch_size(batch_size)
+        blocks = []
+        with self._guard():
+            for start, stop in row_blocks(batch.n, batch_size):
+                index = torch.arange(start, stop, device=batch.device)
+                # A top-1 target is read off this very forward pass on the clean rows.
+                blocks.append(self._block_gradients(batch.block(start, stop), args.block(start, stop), resolved, index))
+        grads = tuple(parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zip(*blocks))
+        return batch, grads
+
+
+def times_inputs(inputs: tuple[Tensor, ...], maps: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``x * m`` per input, aligning ``x`` with a map's target dimension ``K`` if it has one."""
+    return tuple(m * (x.unsqueeze(1) if m.dim() == x.dim() + 1 else x) for x, m in zip(inputs, maps))
+
