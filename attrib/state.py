@@ -44,21 +44,24 @@ _entries: weakref.WeakKeyDictionary[nn.Module, _Entry] = weakref.WeakKeyDictiona
 
 def _save_and_prepare(model: nn.Module, eval_mode: bool) -> _SavedState:
     saved = _SavedState()
-    for module in model.modules():
-        saved.training.append((module, module.training))
-        flag = getattr(module, "inplace", None)
-        if isinstance(flag, bool):
-            saved.inplace.append((module, flag))
-            module.inplace = False
-    for param in model.parameters():
-        saved.requires_grad.append((param, param.requires_grad))
-        param.requires_grad_(False)
-    if eval_mode:
-        model.eval()
-    elif any(flag for _, flag in saved.training):
-        # Train-mode layers (BatchNorm) update running statistics as they run;
-        # keep a copy so the model comes back exactly as it was.
-        saved.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        for module in model.modules():
+            saved.training.append((module, module.training))
+            if getattr(module, "inplace", None) is True and not isinstance(module, torch.jit.ScriptModule):
+                saved.inplace.append((module, True))
+                module.inplace = False
+        for param in model.parameters():
+            saved.requires_grad.append((param, param.requires_grad))
+            param.requires_grad_(False)
+        if eval_mode:
+            model.eval()
+        elif any(flag for _, flag in saved.training):
+            # Train-mode layers (BatchNorm) update running statistics as they run;
+            # keep a copy so the model comes back exactly as it was.
+            saved.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    except BaseException:
+        _restore(saved)
+        raise
     return saved
 
 
