@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -83,24 +84,47 @@ class Attribution(ABC):
         resolved = resolve_target(target, batch.n, batch.device)
         return resolved.with_prediction(lambda: self._clean_class_scores(batch, args, batch_size))
 
+    def _evaluate(
+        self,
+        n_rows: int,
+        block: Callable[[int, int], tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor]],
+        reduce: Callable[[Tensor, Tensor], Tensor],
+        batch_size: int | None,
+    ) -> Tensor:
+        """Run the model without gradients over ``n_rows`` rows, ``batch_size`` at a time.
+
+        ``block(start, stop)`` gives the inputs, forward args and example
+        numbers of rows ``start..stop-1``; ``reduce(output, example)`` shrinks
+        each output block (to scores) before the blocks are concatenated.
+        """
+        parts = []
+        with self._guard(), torch.no_grad():
+            for start, stop in row_blocks(n_rows, batch_size):
+                rows, args, example = block(start, stop)
+                parts.append(reduce(run_model(self.model, rows, args), example))
+        return torch.cat(parts)
+
     def _clean_class_scores(self, batch: InputBatch, args: ForwardArgs, batch_size: int | None) -> Tensor:
         """Per-class scores ``(N, C)`` (or the ``(N,)`` output) of the clean inputs, without gradients."""
-        blocks = []
-        with self._guard(), torch.no_grad():
-            for start, stop in row_blocks(batch.n, batch_size):
-                output = run_model(self.model, batch.block(start, stop), args.block(start, stop))
-                blocks.append(output if output.dim() == 1 else class_scores(output))
-        return torch.cat(blocks)
+        return self._evaluate(
+            batch.n,
+            lambda start, stop: (batch.block(start, stop), args.block(start, stop), torch.arange(start, stop)),
+            lambda output, _: output if output.dim() == 1 else class_scores(output),
+            batch_size,
+        )
 
     def _scores(
         self, tensors: tuple[Tensor, ...], args: ForwardArgs, target: Target, batch_size: int | None
     ) -> Tensor:
         """Target scores ``(N,)`` or ``(N, K)`` of ``N`` example rows, without gradients."""
-        n = tensors[0].shape[0]
-        blocks = []
-        with self._guard(), torch.no_grad():
-            for start, stop in row_blocks(n, batch_size):
-                example = torch.arange(start, stop, device=tensors[0].device)
-                rows = tuple(t[start:stop] for t in tensors)
-                blocks.append(target.scores(run_model(self.model, rows, args.block(start, stop)), example))
-        return torch.cat(blocks)
+        device = tensors[0].device
+        return self._evaluate(
+            tensors[0].shape[0],
+            lambda start, stop: (
+                tuple(t[start:stop] for t in tensors),
+                args.block(start, stop),
+                torch.arange(start, stop, device=device),
+            ),
+            target.scores,
+            batch_size,
+        )

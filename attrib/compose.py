@@ -8,18 +8,10 @@ from torch import Tensor
 
 from .attribution import Attribution
 from .batching import check_batch_size
-from .inputs import as_forward_args, as_input_batch
+from .inputs import as_forward_args, as_input_batch, as_result_tuple
 from .postprocess import Step
 from .signatures import accepts, supported
 from .targets import TargetLike
-
-
-def _as_tuple(result: Any, what: str) -> tuple[Tensor, ...]:
-    if isinstance(result, Tensor):
-        return (result,)
-    if isinstance(result, (tuple, list)) and all(isinstance(r, Tensor) for r in result):
-        return tuple(result)
-    raise TypeError(f"{what} must return a Tensor or a tuple of Tensors, got {type(result).__name__}")
 
 
 class Pipeline(Attribution):
@@ -55,7 +47,7 @@ class Pipeline(Attribution):
         delta = None
         if kwargs.get("return_convergence_delta"):
             result, delta = result
-        maps = _as_tuple(result, repr(self.method))
+        maps = as_result_tuple(result, repr(self.method))
         processed = batch.restore([self._process(m, x) for m, x in zip(maps, batch.tensors)])
         return processed if delta is None else (processed, delta)
 
@@ -105,6 +97,6 @@ class Product(Attribution):
         if target is None:
             args = as_forward_args(kwargs.get("additional_forward_args"), batch.n)
             target = self._resolved_target(None, batch, args, check_batch_size(kwargs.get("batch_size")))
-        a = _as_tuple(self.first.attribute(inputs, target, **supported(self.first.attribute, kwargs)), repr(self.first))
-        b = _as_tuple(self.second.attribute(inputs, target, **supported(self.second.attribute, kwargs)), repr(self.second))
+        a = as_result_tuple(self.first.attribute(inputs, target, **supported(self.first.attribute, kwargs)), repr(self.first))
+        b = as_result_tuple(self.second.attribute(inputs, target, **supported(self.second.attribute, kwargs)), repr(self.second))
         return batch.restore([x * y for x, y in zip(a, b)])

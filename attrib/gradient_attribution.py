@@ -11,7 +11,8 @@ from .attribution import Attribution
 from .batching import check_batch_size, row_blocks
 from .forward import run_model
 from .inputs import InputBatch, as_forward_args, as_input_batch
-from .rules import BackwardRule, rule_applied
+from .backprop import backprop
+from .rules import BackwardRule
 from .targets import Target, TargetLike, resolve_target
 
 
@@ -19,13 +20,6 @@ def _leaf(t: Tensor) -> Tensor:
     # Inference tensors cannot join a graph: copy those; others are shared, not copied.
     source = t.clone() if t.is_inference() else t.detach()
     return source.requires_grad_(True)
-
-
-def _gradient(score: Tensor, leaves: tuple[Tensor, ...], retain: bool) -> tuple[Tensor, ...]:
-    if not score.requires_grad:  # the score does not depend on the inputs at all
-        return tuple(torch.zeros_like(leaf) for leaf in leaves)
-    grads = torch.autograd.grad(score, leaves, retain_graph=retain, allow_unused=True)
-    return tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves))
 
 
 class GradientAttribution(Attribution):
@@ -51,13 +45,7 @@ class GradientAttribution(Attribution):
         leaves = tuple(_leaf(r) for r in rows)
         # The model sees copies of the leaves, so in-place ops on its inputs are legal.
         output = run_model(self.model, tuple(leaf.clone() for leaf in leaves), args)
-        scores = target.scores(output, example)
-        with rule_applied(scores, self.rule):
-            if scores.dim() == 1:
-                return _gradient(scores.sum(), leaves, retain=False)
-            k = scores.shape[1]
-            per_target = [_gradient(scores[:, j].sum(), leaves, retain=j < k - 1) for j in range(k)]
-        return tuple(torch.stack(grads, dim=1) for grads in zip(*per_target))
+        return backprop(target.scores(output, example), leaves, self.rule)
 
     def _gradients_at_inputs(
         self,

@@ -138,3 +138,12 @@ def as_forward_args(additional_forward_args: Any, n: int) -> ForwardArgs:
                 "Pass other tensors through a closure or a module attribute instead"
             )
     return ForwardArgs(args)
+
+
+def as_result_tuple(result: Any, producer: str) -> tuple[Tensor, ...]:
+    """A wrapped method's result as a tuple of tensors (it returns a tensor or a tuple/list of them)."""
+    if isinstance(result, Tensor):
+        return (result,)
+    if isinstance(result, (tuple, list)) and all(isinstance(r, Tensor) for r in result):
+        return tuple(result)
+    raise TypeError(f"{producer} must return a Tensor or a tuple of Tensors, got {type(result).__name__}")

@@ -6,13 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .attribution import Attribution
 from .forward import Model, run_model
 from .layers import resolve_layer
-from .rules import BackwardRule, rule_applied
+from .backprop import backprop
+from .rules import BackwardRule
 from .targets import Target
 
 
@@ -41,7 +41,11 @@ class LayerAttribution(Attribution):
 
     @contextmanager
     def _captured(self) -> Iterator[list[Tensor]]:
-        """Record the layer's outputs, each turned into a leaf that requires grad."""
+        """Record the layer's outputs, each turned into a leaf that requires grad.
+
+        The model continues with a copy of the leaf, so an in-place op after
+        the layer (``ReLU(inplace=True)``) cannot overwrite what was captured.
+        """
         captured: list[Tensor] = []
 
         def hook(module: nn.Module, args: Any, output: Any) -> Tensor:
@@ -52,7 +56,7 @@ class LayerAttribution(Attribution):
                 )
             leaf = output.detach().requires_grad_(True)
             captured.append(leaf)
-            return leaf
+            return leaf.clone()
 
         handle = self.layer.register_forward_hook(hook)
         try:
@@ -75,17 +79,5 @@ class LayerAttribution(Attribution):
                 "choose a layer that runs exactly once"
             )
         activation = captured[0]
-        scores = target.scores(output, example)
-        with rule_applied(scores, self.rule):
-            if scores.dim() == 1:
-                return activation.detach(), _grad_or_zeros(scores.sum(), activation, retain=False)
-            k = scores.shape[1]
-            grads = [_grad_or_zeros(scores[:, j].sum(), activation, retain=j < k - 1) for j in range(k)]
-        return activation.detach(), torch.stack(grads, dim=1)
-
-
-def _grad_or_zeros(score: Tensor, leaf: Tensor, retain: bool) -> Tensor:
-    if not score.requires_grad:
-        return torch.zeros_like(leaf)
-    (grad,) = torch.autograd.grad(score, (leaf,), retain_graph=retain, allow_unused=True)
-    return torch.zeros_like(leaf) if grad is None else grad
+        (grad,) = backprop(target.scores(output, example), (activation,), self.rule)
+        return activation.detach(), grad

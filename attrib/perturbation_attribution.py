@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .attribution import Attribution
-from .batching import row_blocks, sample_major_rows
-from .forward import run_model
+from .batching import sample_major_rows
 from .inputs import ForwardArgs
 from .targets import Target
 
@@ -38,11 +38,10 @@ class PerturbationAttribution(Attribution):
         device: torch.device,
     ) -> Tensor:
         """Scores ``(n_copies, n)`` (or ``(n_copies, n, K)``) of every copy of every example."""
-        blocks = []
-        with self._guard(), torch.no_grad():
-            for start, stop in row_blocks(n_copies * n, batch_size):
-                example, copy = sample_major_rows(start, stop, n, device)
-                output = run_model(self.model, perturb(example, copy), args.rows(example))
-                blocks.append(target.scores(output, example))
-        scores = torch.cat(blocks)
+
+        def block(start: int, stop: int) -> tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor]:
+            example, copy = sample_major_rows(start, stop, n, device)
+            return perturb(example, copy), args.rows(example), example
+
+        scores = self._evaluate(n_copies * n, block, target.scores, batch_size)
         return scores.view(n_copies, n, *scores.shape[1:])

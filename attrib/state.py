@@ -1,11 +1,14 @@
 """The one state guard every method runs the model under.
 
-While a method runs, the model is in eval mode (unless the caller opts out),
-its parameters do not require gradients (so autograd computes only the input
-gradients we ask for and writes no ``.grad``), and modules with an ``inplace``
-flag run out of place (so activations a method captures or hooks are not
-overwritten). Everything is put back exactly on exit, whether the method
-returns or raises.
+While a method runs, the model is in eval mode (unless the caller opts out)
+and its parameters do not require gradients (so autograd computes only the
+input gradients we ask for and writes no ``.grad``). Everything is put back
+exactly on exit, whether the method returns or raises.
+
+In-place modules (``nn.ReLU(inplace=True)``) are left as they are: backward
+rules act on autograd nodes, which in-place ops produce too, and layer capture
+hands the model a copy of the captured activation. Forcing them out of place
+cost about 4% of a ResNet-50 forward+backward on CPU for no benefit.
 
 The guard counts entries per model, so it nests (a wrapper calling a wrapped
 method) and tolerates several threads explaining the same model at once: the
@@ -28,7 +31,6 @@ from torch import Tensor, nn
 class _SavedState:
     training: list[tuple[nn.Module, bool]] = field(default_factory=list)
     requires_grad: list[tuple[nn.Parameter, bool]] = field(default_factory=list)
-    inplace: list[tuple[nn.Module, bool]] = field(default_factory=list)
     buffers: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
@@ -47,9 +49,6 @@ def _save_and_prepare(model: nn.Module, eval_mode: bool) -> _SavedState:
     try:
         for module in model.modules():
             saved.training.append((module, module.training))
-            if getattr(module, "inplace", None) is True and not isinstance(module, torch.jit.ScriptModule):
-                saved.inplace.append((module, True))
-                module.inplace = False
         for param in model.parameters():
             saved.requires_grad.append((param, param.requires_grad))
             param.requires_grad_(False)
@@ -73,8 +72,6 @@ def _restore(saved: _SavedState) -> None:
         module.training = flag
     for param, flag in saved.requires_grad:
         param.requires_grad_(flag)
-    for module, flag in saved.inplace:
-        module.inplace = flag
 
 
 @contextmanager

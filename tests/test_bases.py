@@ -119,3 +119,13 @@ def test_perturbation_base_scores_every_copy_within_batch_size():
             expected[:, i] = model(x)[:, 1] - model(occluded)[:, 1]
     torch.testing.assert_close(ours, expected)
     torch.testing.assert_close(SingleFeatureOcclusion(model).attribute(x, target=1), expected)
+
+
+def test_in_place_op_after_the_layer_does_not_corrupt_the_capture():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 2))
+    x = inputs_for((4,), 3, 0)
+    ours = ActivationTimesGradient(model, "0").attribute(x, target=1)
+    pre = model[0](x)
+    (grad,) = torch.autograd.grad(model[2](torch.relu(pre))[:, 1].sum(), pre)
+    torch.testing.assert_close(ours, pre.detach() * grad)
+    assert model[1].inplace

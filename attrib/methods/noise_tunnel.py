@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..attribution import Attribution
 from ..batching import add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
-from ..inputs import InputBatch, as_forward_args, as_input_batch
+from ..inputs import InputBatch, as_forward_args, as_input_batch, as_result_tuple
 from ..randomness import make_generator
 from ..signatures import accepts
 from ..targets import TargetLike
@@ -103,7 +103,7 @@ class NoiseTunnel(Attribution):
                 options = _rows_of_options(method_options, example, batch.tensors)
                 if args.args:
                     options["additional_forward_args"] = args.rows(example)
-                maps = _as_tuple(inner(batch.restore(noisy), resolved.select(example), **options))
+                maps = as_result_tuple(inner(batch.restore(noisy), resolved.select(example), **options), repr(self.method))
                 if not sums:
                     sums = [m.new_zeros((n, *m.shape[1:])) for m in maps]
                     squares = [m.new_zeros((n, *m.shape[1:])) for m in maps] if kind != "smoothgrad" else []
@@ -194,11 +194,3 @@ def _rows_of_options(options: dict[str, Any], example: Tensor, inputs: tuple[Ten
 
 def _per_example(baseline: Any, x: Tensor) -> bool:
     return isinstance(baseline, Tensor) and baseline.dim() == x.dim() and baseline.shape[0] == x.shape[0] > 1
-
-
-def _as_tuple(result: Any) -> tuple[Tensor, ...]:
-    if isinstance(result, Tensor):
-        return (result,)
-    if isinstance(result, (tuple, list)) and all(isinstance(r, Tensor) for r in result):
-        return tuple(result)
-    raise TypeError(f"the wrapped method must return a Tensor or a tuple of Tensors, got {type(result).__name__}")
