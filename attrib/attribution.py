@@ -46,12 +46,14 @@ class Attribution(ABC):
         self.eval_mode = bool(eval_mode)
 
     @abstractmethod
-    def attribute(self, inputs: Any, target: TargetLike = None, **kwargs: Any) -> Any:
+    def attribute(self, inputs: Any, target: TargetLike = None, *args: Any, **kwargs: Any) -> Any:
         """Attribution of ``target``'s score for each example in ``inputs``.
 
         Returns a map per input, in the form of ``inputs`` (a tensor for a
         tensor, a tuple for a tuple); each map is ``(N, ...)``, or
-        ``(N, K, ...)`` for an ``(N, K)`` target.
+        ``(N, K, ...)`` for an ``(N, K)`` target. Options are keyword-only in
+        every method; ``*args`` is here only so that type checkers accept
+        each method's own keyword list as an override.
         """
 
     def then(self, *steps: Step) -> Pipeline:
@@ -113,9 +115,7 @@ class Attribution(ABC):
             batch_size,
         )
 
-    def _scores(
-        self, tensors: tuple[Tensor, ...], args: ForwardArgs, target: Target, batch_size: int | None
-    ) -> Tensor:
+    def _scores(self, tensors: tuple[Tensor, ...], args: ForwardArgs, target: Target, batch_size: int | None) -> Tensor:
         """Target scores ``(N,)`` or ``(N, K)`` of ``N`` example rows, without gradients."""
         device = tensors[0].device
         return self._evaluate(

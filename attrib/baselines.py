@@ -10,7 +10,9 @@ from torch import Tensor
 
 from .inputs import InputBatch
 
-_EXPECTED = "expected None (zeros), a number, a tensor broadcastable to the input's shape, or a tuple of these per input"
+_EXPECTED = (
+    "expected None (zeros), a number, a tensor broadcastable to the input's shape, or a tuple of these per input"
+)
 
 
 def as_baselines(baselines: Any, batch: InputBatch) -> tuple[Tensor, ...]:
@@ -27,7 +29,9 @@ def as_baselines(baselines: Any, batch: InputBatch) -> tuple[Tensor, ...]:
     inputs = batch.tensors
     if isinstance(baselines, (tuple, list)):
         if len(baselines) != len(inputs):
-            raise ValueError(f"baselines must have one entry per input ({len(inputs)}), got {len(baselines)}; {_EXPECTED}")
+            raise ValueError(
+                f"baselines must have one entry per input ({len(inputs)}), got {len(baselines)}; {_EXPECTED}"
+            )
         entries = tuple(baselines)
     else:
         entries = (baselines,) * len(inputs)
@@ -39,15 +43,12 @@ def as_baselines(baselines: Any, batch: InputBatch) -> tuple[Tensor, ...]:
         elif isinstance(entry, numbers.Real) and not isinstance(entry, bool):
             out.append(torch.full_like(x, float(entry)))
         elif isinstance(entry, Tensor):
-            try:
-                shape = torch.broadcast_shapes(entry.shape, x.shape)
+            try:  # expand_as succeeds exactly when the entry broadcasts to the input's shape
+                out.append(entry.detach().to(device=x.device, dtype=x.dtype).expand_as(x))
             except RuntimeError:
-                shape = None
-            if shape != x.shape:
                 raise ValueError(
                     f"{label} of shape {tuple(entry.shape)} does not broadcast to the input's shape {tuple(x.shape)}"
-                )
-            out.append(entry.detach().to(device=x.device, dtype=x.dtype).expand_as(x))
+                ) from None
         else:
             raise TypeError(f"{label} has unsupported type {type(entry).__name__}; {_EXPECTED}")
     return tuple(out)

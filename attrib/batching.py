@@ -22,7 +22,9 @@ def check_batch_size(batch_size: object, name: str = "batch_size") -> int | None
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"{name} must be a positive int (the most rows in one forward pass) or None, got {batch_size!r}")
+        raise ValueError(
+            f"{name} must be a positive int (the most rows in one forward pass) or None, got {batch_size!r}"
+        )
     return int(batch_size)
 
 

@@ -56,7 +56,7 @@ class Pipeline(Attribution):
         rows = maps.flatten(0, 1) if multi else maps
         for step in self.steps:
             rows = step(rows, reference)
-        return rows.unflatten(0, maps.shape[:2]) if multi else rows
+        return rows.reshape(*maps.shape[:2], *rows.shape[1:]) if multi else rows
 
 
 class Product(Attribution):
@@ -97,6 +97,10 @@ class Product(Attribution):
         if target is None:
             args = as_forward_args(kwargs.get("additional_forward_args"), batch.n)
             target = self._resolved_target(None, batch, args, check_batch_size(kwargs.get("batch_size")))
-        a = as_result_tuple(self.first.attribute(inputs, target, **supported(self.first.attribute, kwargs)), repr(self.first))
-        b = as_result_tuple(self.second.attribute(inputs, target, **supported(self.second.attribute, kwargs)), repr(self.second))
+        a = as_result_tuple(
+            self.first.attribute(inputs, target, **supported(self.first.attribute, kwargs)), repr(self.first)
+        )
+        b = as_result_tuple(
+            self.second.attribute(inputs, target, **supported(self.second.attribute, kwargs)), repr(self.second)
+        )
         return batch.restore([x * y for x, y in zip(a, b)])

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from .attribution import Attribution
+from .backprop import backprop
 from .batching import check_batch_size, row_blocks
 from .forward import run_model
 from .inputs import InputBatch, as_forward_args, as_input_batch
-from .backprop import backprop
 from .rules import BackwardRule
 from .targets import Target, TargetLike, resolve_target
 
@@ -72,4 +72,3 @@ class GradientAttribution(Attribution):
 def times_inputs(inputs: tuple[Tensor, ...], maps: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """``x * m`` per input, aligning ``x`` with a map's target dimension ``K`` if it has one."""
     return tuple(m * (x.unsqueeze(1) if m.dim() == x.dim() + 1 else x) for x, m in zip(inputs, maps))
-

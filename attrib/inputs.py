@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
-InputsLike = Union[Tensor, tuple[Tensor, ...], list[Tensor]]
+InputsLike = Tensor | tuple[Tensor, ...] | list[Tensor]
 """A batch ``(N, ...)`` or a tuple/list of batches sharing ``N``."""
 
 
@@ -76,8 +76,7 @@ def as_input_batch(inputs: Any, *, name: str = "inputs", floating: bool = True) 
         form = "tuple" if isinstance(inputs, tuple) else "list"
     else:
         raise TypeError(
-            f"{name} must be a Tensor of shape (N, ...) or a tuple of such Tensors, "
-            f"got {type(inputs).__name__}"
+            f"{name} must be a Tensor of shape (N, ...) or a tuple of such Tensors, got {type(inputs).__name__}"
         )
     for i, t in enumerate(tensors):
         label = name if form == "tensor" else f"{name}[{i}]"

@@ -112,7 +112,7 @@ class GaussianSmooth(Step):
     def __init__(self, sigma: float) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or sigma < 0:
             raise ValueError(f"sigma must be a non-negative number (a fraction of the map size), got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma: float = float(sigma)
 
     def __call__(self, maps: Tensor, reference: Tensor) -> Tensor:
         _check_spatial(maps, "GaussianSmooth")
@@ -153,7 +153,7 @@ class PercentileClip(Step):
     def __init__(self, q: float = 99.0) -> None:
         if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q <= 100:
             raise ValueError(f"q must be a percentile in [0, 100], got {q!r}")
-        self.q = float(q)
+        self.q: float = float(q)
 
     def __call__(self, maps: Tensor, reference: Tensor) -> Tensor:
         flat = maps.reshape(maps.shape[0], -1)

@@ -23,7 +23,9 @@ import torch
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
-def quadrature(method: str, n_steps: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quadrature(
+    method: str, n_steps: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes and weights ``(n_steps,)`` of ``method`` on ``[0, 1]`` (computed in float64).
 
     Example:

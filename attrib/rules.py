@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import Tensor
+from torch.autograd.graph import Node
 from torch.utils.hooks import RemovableHandle
 
 
@@ -119,8 +120,8 @@ def apply_rule(output: Tensor, rule: BackwardRule) -> list[RemovableHandle]:
     if output.grad_fn is None:
         return handles
     hook = _rule_hook(rule)
-    seen: set[object] = set()
-    stack = [output.grad_fn]
+    seen: set[Node] = set()
+    stack: list[Node | None] = [output.grad_fn]
     try:
         while stack:
             node = stack.pop()

@@ -10,7 +10,10 @@ from typing import Any
 def accepts(fn: Callable[..., Any], name: str) -> bool:
     """Whether ``fn`` takes a keyword argument ``name`` (explicitly or via ``**kwargs``)."""
     params = inspect.signature(fn).parameters
-    if name in params and params[name].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+    if name in params and params[name].kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
         return True
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 

@@ -192,12 +192,12 @@ def _index_target(indices: Tensor, n: int) -> Target:
         indices = indices.expand(n).clone()
     elif indices.dim() == 1:
         if indices.shape[0] != n:
-            raise ValueError(f"a 1-D target must have one class per example (length N={n}), got length {indices.shape[0]}")
+            raise ValueError(
+                f"a 1-D target must have one class per example (length N={n}), got length {indices.shape[0]}"
+            )
     elif indices.dim() == 2:
         if indices.shape[0] != n or indices.shape[1] == 0:
-            raise ValueError(
-                f"a 2-D target must have shape (N, K) with N={n} and K >= 1, got {tuple(indices.shape)}"
-            )
+            raise ValueError(f"a 2-D target must have shape (N, K) with N={n} and K >= 1, got {tuple(indices.shape)}")
     else:
         raise ValueError(f"target must be 0-, 1- or 2-D, got shape {tuple(indices.shape)}; {_EXPECTED}")
     if indices.numel() and bool((indices < 0).any()):

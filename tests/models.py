@@ -65,7 +65,11 @@ def reinitialise(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             fan_in = p[0].numel() if p.dim() > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) * scale / fan_in**0.5 if p.dim() > 1 else torch.randn(p.shape, generator=g) * 0.1)
+            p.copy_(
+                torch.randn(p.shape, generator=g) * scale / fan_in**0.5
+                if p.dim() > 1
+                else torch.randn(p.shape, generator=g) * 0.1
+            )
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)

@@ -81,7 +81,10 @@ def score_gain(model: nn.Module, x: Tensor, baseline: Tensor, targets: list[int]
     m = as_float64(model)
     with torch.no_grad():
         return torch.stack(
-            [class_score(t)(m(x[i : i + 1].double())) - class_score(t)(m(baseline[i : i + 1].double())) for i, t in enumerate(targets)]
+            [
+                class_score(t)(m(x[i : i + 1].double())) - class_score(t)(m(baseline[i : i + 1].double()))
+                for i, t in enumerate(targets)
+            ]
         )
 
 

@@ -74,9 +74,7 @@ def test_none_target_is_top1_and_one_dimensional_outputs_are_explained_directly(
     torch.testing.assert_close(attrib.Saliency(model).attribute(x), attrib.Saliency(model).attribute(x, target=top1))
     flattened = nn.Sequential(model, nn.Flatten(0))  # (N * 3,): not one row per example
     one_d = lambda inp: model(inp)[:, 1]  # noqa: E731
-    torch.testing.assert_close(
-        attrib.Saliency(one_d).attribute(x), attrib.Saliency(model).attribute(x, target=1)
-    )
+    torch.testing.assert_close(attrib.Saliency(one_d).attribute(x), attrib.Saliency(model).attribute(x, target=1))
     with pytest.raises(ValueError, match="one row per input row"):
         attrib.Saliency(flattened).attribute(x)
     with pytest.raises(ValueError, match="class dimension"):
@@ -127,7 +125,8 @@ def test_trailing_output_dimensions_are_summed_per_class():
     model, x = model_and_input()
     spatial = lambda inp: model(inp).unsqueeze(-1).expand(-1, -1, 4) * torch.arange(1.0, 5.0)  # noqa: E731
     torch.testing.assert_close(
-        attrib.Saliency(spatial).attribute(x, target=1, abs=False), 10 * attrib.Saliency(model).attribute(x, target=1, abs=False)
+        attrib.Saliency(spatial).attribute(x, target=1, abs=False),
+        10 * attrib.Saliency(model).attribute(x, target=1, abs=False),
     )
 
 

@@ -71,7 +71,9 @@ def test_layer_multi_target_and_module_form():
     targets = torch.tensor([[0, 1], [2, 3]])
     multi = by_module.attribute(x, target=targets)
     for k in range(2):
-        torch.testing.assert_close(multi[:, k], ActivationTimesGradient(model, "stem.0").attribute(x, target=targets[:, k]))
+        torch.testing.assert_close(
+            multi[:, k], ActivationTimesGradient(model, "stem.0").attribute(x, target=targets[:, k])
+        )
 
 
 def test_unknown_layer_lists_close_matches():

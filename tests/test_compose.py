@@ -43,7 +43,9 @@ def test_pipeline_passes_the_convergence_delta_through():
     x = inputs_for((6,), 3, 2)
     ig = attrib.IntegratedGradients(model)
     maps, delta = ig.attribute(x, target=0, return_convergence_delta=True, n_steps=8)
-    scaled_maps, same_delta = ig.then(lambda m, ref: 2 * m).attribute(x, target=0, return_convergence_delta=True, n_steps=8)
+    scaled_maps, same_delta = ig.then(lambda m, ref: 2 * m).attribute(
+        x, target=0, return_convergence_delta=True, n_steps=8
+    )
     torch.testing.assert_close(scaled_maps, 2 * maps)
     torch.testing.assert_close(same_delta, delta)
 

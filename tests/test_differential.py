@@ -73,7 +73,13 @@ def test_integrated_gradients_match_captum(method, spec, n, steps, data):
         return_convergence_delta=True,
     )
     ours, our_delta = attrib.IntegratedGradients(model).attribute(
-        x, target=targets, baselines=baseline, n_steps=steps, method=method, batch_size=batch_size, return_convergence_delta=True
+        x,
+        target=targets,
+        baselines=baseline,
+        n_steps=steps,
+        method=method,
+        batch_size=batch_size,
+        return_convergence_delta=True,
     )
     if method == "riemann_trapezoid":
         # Captum weights the trapezoid with 1/n instead of 1/(n-1): its integral is (n-1)/n of ours.
@@ -123,6 +129,7 @@ def test_noise_tunnel_over_saliency_matches_captum_with_identical_noise(kind, sp
     hook.remove()
     noise = _captum_noise(tuple(x.shape), samples, stdev, seed)
     torch.testing.assert_close(seen[0], x.repeat_interleave(samples, 0) + noise)  # the replayed noise is Captum's
+
     def ours(kind: str) -> torch.Tensor:
         tunnel = ReplayTunnel(attrib.Saliency(model), noise, samples)
         return tunnel.attribute(x, target=targets, kind=kind, n_samples=samples, stdev_mode="absolute", stdev=stdev)
@@ -143,11 +150,15 @@ def test_smoothgrad_over_integrated_gradients_matches_captum():
             x.clone(), nt_type="smoothgrad_sq", nt_samples=3, stdevs=0.2, target=targets, n_steps=6
         )
     tunnel = ReplayTunnel(attrib.IntegratedGradients(model), noise, 3)
-    ours = tunnel.attribute(x, target=targets, kind="smoothgrad_sq", n_samples=3, stdev=0.2, stdev_mode="absolute", n_steps=6)
+    ours = tunnel.attribute(
+        x, target=targets, kind="smoothgrad_sq", n_samples=3, stdev=0.2, stdev_mode="absolute", n_steps=6
+    )
     assert_close_rel(ours, theirs)
 
 
-@pytest.mark.parametrize("ours_cls, theirs_cls", [(attrib.GuidedBackprop, CaptumGuidedBackprop), (attrib.Deconvnet, CaptumDeconvolution)])
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls", [(attrib.GuidedBackprop, CaptumGuidedBackprop), (attrib.Deconvnet, CaptumDeconvolution)]
+)
 @given(spec=specs(styles=MODULE_RELUS), n=st.integers(1, 4), data=st.data())
 def test_modified_backprop_matches_captum_on_module_relus(ours_cls, theirs_cls, spec, n, data):
     model, x, targets = _case(spec, n, data)
@@ -155,13 +166,17 @@ def test_modified_backprop_matches_captum_on_module_relus(ours_cls, theirs_cls, 
     assert_close_rel(ours_cls(model).attribute(x, target=targets), theirs)
 
 
-@pytest.mark.parametrize("ours_cls, theirs_cls", [(attrib.GuidedBackprop, CaptumGuidedBackprop), (attrib.Deconvnet, CaptumDeconvolution)])
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls", [(attrib.GuidedBackprop, CaptumGuidedBackprop), (attrib.Deconvnet, CaptumDeconvolution)]
+)
 def test_modified_backprop_matches_captum_on_a_residual_batchnorm_model(ours_cls, theirs_cls):
     model = ResidualBNNet(seed=6)
     model.relu1.inplace = False  # Captum's module hooks cannot follow an in-place ReLU
     x = inputs_for((3, 6, 6), 3, 6)
     targets = torch.tensor([0, 2, 4])
-    assert_close_rel(ours_cls(model).attribute(x, target=targets), theirs_cls(model).attribute(x.clone(), target=targets))
+    assert_close_rel(
+        ours_cls(model).attribute(x, target=targets), theirs_cls(model).attribute(x.clone(), target=targets)
+    )
 
 
 def test_multi_input_saliency_matches_captum():
@@ -171,7 +186,9 @@ def test_multi_input_saliency_matches_captum():
     theirs = CaptumIntegratedGradients(model).attribute(
         tuple(t.clone() for t in inputs), target=[0, 1, 2], additional_forward_args=(gain,), n_steps=7
     )
-    ours = attrib.IntegratedGradients(model).attribute(inputs, target=[0, 1, 2], additional_forward_args=(gain,), n_steps=7)
+    ours = attrib.IntegratedGradients(model).attribute(
+        inputs, target=[0, 1, 2], additional_forward_args=(gain,), n_steps=7
+    )
     for a, b in zip(ours, theirs):
         assert_close_rel(a, b)
 
@@ -181,7 +198,11 @@ def test_multi_input_saliency_matches_captum():
 
 @pytest.mark.parametrize(
     "method, theirs_fn",
-    [(attrib.GuidedBackprop, torchray_guided_backprop), (attrib.Deconvnet, torchray_deconvnet), (attrib.Saliency, torchray_gradient)],
+    [
+        (attrib.GuidedBackprop, torchray_guided_backprop),
+        (attrib.Deconvnet, torchray_deconvnet),
+        (attrib.Saliency, torchray_gradient),
+    ],
     ids=["guided_backprop", "deconvnet", "gradient"],
 )
 @given(spec=specs(styles=FUNCTIONAL_RELUS), n=st.integers(1, 3), data=st.data())
@@ -194,11 +215,23 @@ def test_backprop_maps_match_torchray_on_functional_relus(method, theirs_fn, spe
 
 
 def test_torchray_smoothing_and_resizing_pipeline():
-    model = build(Spec(channels=3, size=6, convs=(4, 4), pools=(True, False), hidden=(5,), classes=3, relu_styles=("functional",), seed=3))
+    model = build(
+        Spec(
+            channels=3,
+            size=6,
+            convs=(4, 4),
+            pools=(True, False),
+            hidden=(5,),
+            classes=3,
+            relu_styles=("functional",),
+            seed=3,
+        )
+    )
     x = inputs_for((3, 6, 6), 2, 1)
     theirs = torchray_guided_backprop(model, x.clone(), 1, resize=(12, 10), smooth=0.05)
-    ours = attrib.GuidedBackprop(model).then(
-        attrib.ReduceChannels("abs_max"), attrib.Resize((10, 12)), attrib.GaussianSmooth(0.05)
-    ).attribute(x, target=1)
+    ours = (
+        attrib.GuidedBackprop(model)
+        .then(attrib.ReduceChannels("abs_max"), attrib.Resize((10, 12)), attrib.GaussianSmooth(0.05))
+        .attribute(x, target=1)
+    )
     assert_close_rel(ours, theirs)
-

@@ -26,9 +26,12 @@ def test_saliency_and_input_x_gradient_match_reference(spec, n, data):
     m64 = build(spec).double()
     torch.testing.assert_close(attrib.Saliency(m64).attribute(x, target=targets), reference.saliency(model, x, targets))
     torch.testing.assert_close(
-        attrib.Saliency(m64).attribute(x, target=targets, abs=False), reference.saliency(model, x, targets, absolute=False)
+        attrib.Saliency(m64).attribute(x, target=targets, abs=False),
+        reference.saliency(model, x, targets, absolute=False),
     )
-    torch.testing.assert_close(attrib.InputXGradient(m64).attribute(x, target=targets), reference.input_x_gradient(model, x, targets))
+    torch.testing.assert_close(
+        attrib.InputXGradient(m64).attribute(x, target=targets), reference.input_x_gradient(model, x, targets)
+    )
 
 
 @pytest.mark.parametrize("method, rule", [(attrib.GuidedBackprop, "guided"), (attrib.Deconvnet, "deconv")])
@@ -54,7 +57,9 @@ def test_guided_backprop_differs_from_gradient_for_every_relu_style(style):
 
 
 def fixed_spec(style: str) -> Spec:
-    return Spec(channels=2, size=5, convs=(4, 3), pools=(False, True), hidden=(6,), classes=3, relu_styles=(style,), seed=7)
+    return Spec(
+        channels=2, size=5, convs=(4, 3), pools=(False, True), hidden=(6,), classes=3, relu_styles=(style,), seed=7
+    )
 
 
 def test_saliency_of_linear_model_is_abs_weight_row():
@@ -72,7 +77,8 @@ def test_deconvnet_without_relus_is_the_plain_gradient(spec, n, data):
     x = inputs_for(spec.input_shape, n, spec.seed, torch.float64)
     targets = _targets(data, n, spec.classes)
     torch.testing.assert_close(
-        attrib.Deconvnet(model).attribute(x, target=targets), attrib.Saliency(model).attribute(x, target=targets, abs=False)
+        attrib.Deconvnet(model).attribute(x, target=targets),
+        attrib.Saliency(model).attribute(x, target=targets, abs=False),
     )
 
 

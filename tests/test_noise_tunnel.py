@@ -136,7 +136,12 @@ def test_tuple_inputs_multi_target_and_forward_args():
     assert isinstance(maps, tuple) and maps[0].shape == (2, 2, 2, 4, 4) and maps[1].shape == (2, 2, 4)
     for k in range(2):
         single = tunnel.attribute(
-            (image, vector), target=targets[:, k], stdev=(0.1, 0.2), additional_forward_args=(gain,), seed=4, batch_size=3
+            (image, vector),
+            target=targets[:, k],
+            stdev=(0.1, 0.2),
+            additional_forward_args=(gain,),
+            seed=4,
+            batch_size=3,
         )
         torch.testing.assert_close(maps[0][:, k], single[0])
         torch.testing.assert_close(maps[1][:, k], single[1])

@@ -17,7 +17,9 @@ import attrib
 
 def maps_strategy(min_side: int = 2, max_side: int = 9):
     return st.builds(
-        lambda m, c, h, w, seed: torch.randn(m, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64),
+        lambda m, c, h, w, seed: torch.randn(
+            m, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        ),
         st.integers(1, 3),
         st.integers(1, 4),
         st.integers(min_side, max_side),
@@ -108,7 +110,8 @@ def test_resize():
     reference = torch.zeros(1, 3, 8, 6)
     assert attrib.Resize()(maps, reference).shape == (1, 1, 8, 6)
     torch.testing.assert_close(
-        attrib.Resize((2, 2), mode="bilinear")(maps, reference), F.interpolate(maps, size=(2, 2), mode="bilinear", align_corners=False)
+        attrib.Resize((2, 2), mode="bilinear")(maps, reference),
+        F.interpolate(maps, size=(2, 2), mode="bilinear", align_corners=False),
     )
     assert torch.equal(attrib.Resize((8, 8), mode="nearest")(maps, reference)[0, 0, ::2, ::2], maps[0, 0])
     assert attrib.Resize()(maps, torch.zeros(1, 1, 4, 4)) is maps

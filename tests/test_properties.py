@@ -75,7 +75,9 @@ def test_linear_in_a_callable_target(name, spec, n, a, b):
     model, x = _model_and_inputs(spec, n)
     first, second = 0, spec.classes - 1
     mixed = make(model).attribute(x, target=lambda out: a * out[:, first] + b * out[:, second], **options)
-    parts = a * make(model).attribute(x, target=first, **options) + b * make(model).attribute(x, target=second, **options)
+    parts = a * make(model).attribute(x, target=first, **options) + b * make(model).attribute(
+        x, target=second, **options
+    )
     torch.testing.assert_close(mixed, parts)
 
 

@@ -34,7 +34,18 @@ class ActNet(nn.Module):
 
 @pytest.mark.parametrize(
     "act",
-    [nn.GELU(), nn.ReLU6(), nn.LeakyReLU(), nn.ELU(), nn.SELU(), nn.SiLU(), nn.Softplus(), nn.Hardswish(), nn.PReLU(), nn.Mish()],
+    [
+        nn.GELU(),
+        nn.ReLU6(),
+        nn.LeakyReLU(),
+        nn.ELU(),
+        nn.SELU(),
+        nn.SiLU(),
+        nn.Softplus(),
+        nn.Hardswish(),
+        nn.PReLU(),
+        nn.Mish(),
+    ],
     ids=lambda a: type(a).__name__,
 )
 @pytest.mark.parametrize("method", [attrib.GuidedBackprop, attrib.Deconvnet])
@@ -56,7 +67,9 @@ def test_clamp_at_zero_and_threshold_count_as_relu(fn):
     other = ActNet(fn=fn).double()
     expected = attrib.GuidedBackprop(relu_model).attribute(x, target=1)
     torch.testing.assert_close(attrib.GuidedBackprop(other).attribute(x, target=1), expected)
-    ref = reference.modified_backprop(nn.Sequential(relu_model.l1, FunctionalReLU("torch"), relu_model.l2), x, [1] * 4, "guided")
+    ref = reference.modified_backprop(
+        nn.Sequential(relu_model.l1, FunctionalReLU("torch"), relu_model.l2), x, [1] * 4, "guided"
+    )
     torch.testing.assert_close(expected, ref)
 
 
@@ -75,7 +88,9 @@ def test_compiled_model_raises_instead_of_returning_plain_gradient():
     with pytest.raises(attrib.UnsupportedModelError, match="_orig_mod"):
         attrib.GuidedBackprop(compiled).attribute(x, target=0)
     # Plain gradients need no rule and work through the compiled graph.
-    torch.testing.assert_close(attrib.Saliency(compiled).attribute(x, target=0), attrib.Saliency(model).attribute(x, target=0))
+    torch.testing.assert_close(
+        attrib.Saliency(compiled).attribute(x, target=0), attrib.Saliency(model).attribute(x, target=0)
+    )
 
 
 def test_torchscript_model_is_either_exact_or_refused():

@@ -37,14 +37,22 @@ METHODS = {
     "guided_backprop": lambda m: (attrib.GuidedBackprop(m), {}),
     "deconvnet": lambda m: (attrib.Deconvnet(m), {}),
     "integrated_gradients": lambda m: (attrib.IntegratedGradients(m), {"n_steps": 3, "batch_size": 2}),
-    "noise_tunnel": lambda m: (attrib.NoiseTunnel(attrib.GuidedBackprop(m)), {"n_samples": 3, "seed": 0, "batch_size": 2}),
+    "noise_tunnel": lambda m: (
+        attrib.NoiseTunnel(attrib.GuidedBackprop(m)),
+        {"n_samples": 3, "seed": 0, "batch_size": 2},
+    ),
     "pipeline": lambda m: (attrib.Saliency(m).then(attrib.ReduceChannels("l2")), {}),
     "product": lambda m: (attrib.GuidedBackprop(m) * attrib.InputXGradient(m), {}),
 }
 
 
 def _global_hook_counts() -> tuple[int, ...]:
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
     return tuple(len(getattr(module_globals, name, {})) for name in names)
 
 

@@ -28,7 +28,8 @@ class NoiseTunnel(Attribution):
 
     * ``"smoothgrad"`` (Smilkov et al., 2017): :math:`\frac1n \sum_s A(x + \epsilon_s)`
     * ``"smoothgrad_sq"``: :math:`\frac1n \sum_s A(x + \epsilon_s)^2` (FastEstimator's magnitude)
-    * ``"vargrad"`` (Adebayo et al., 2018): :math:`\frac1n \sum_s A(x + \epsilon_s)^2 - \big(\frac1n \sum_s A(x + \epsilon_s)\big)^2`
+    * ``"vargrad"`` (Adebayo et al., 2018):
+      :math:`\frac1n \sum_s A(x + \epsilon_s)^2 - \big(\frac1n \sum_s A(x + \epsilon_s)\big)^2`
 
     By default :math:`\sigma` is ``stdev = 0.15`` times each example's range
     ``max(x) - min(x)`` (``stdev_mode="relative"``); ``stdev_mode="absolute"``
@@ -99,11 +100,15 @@ class NoiseTunnel(Attribution):
             squares: list[Tensor] = []
             for start, stop in row_blocks(n_samples * n, batch_size):
                 example, _ = sample_major_rows(start, stop, n, device)
-                noisy = tuple(x.index_select(0, example) + eps for x, eps in zip(batch.tensors, noise.rows(start, stop)))
+                noisy = tuple(
+                    x.index_select(0, example) + eps for x, eps in zip(batch.tensors, noise.rows(start, stop))
+                )
                 options = _rows_of_options(method_options, example, batch.tensors)
                 if args.args:
                     options["additional_forward_args"] = args.rows(example)
-                maps = as_result_tuple(inner(batch.restore(noisy), resolved.select(example), **options), repr(self.method))
+                maps = as_result_tuple(
+                    inner(batch.restore(noisy), resolved.select(example), **options), repr(self.method)
+                )
                 if not sums:
                     sums = [m.new_zeros((n, *m.shape[1:])) for m in maps]
                     squares = [m.new_zeros((n, *m.shape[1:])) for m in maps] if kind != "smoothgrad" else []
