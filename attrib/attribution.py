@@ -110,7 +110,11 @@ class Attribution(ABC):
         """Per-class scores ``(N, C)`` (or the ``(N,)`` output) of the clean inputs, without gradients."""
         return self._evaluate(
             batch.n,
-            lambda start, stop: (batch.block(start, stop), args.block(start, stop), torch.arange(start, stop)),
+            lambda start, stop: (
+                batch.block(start, stop),
+                args.block(start, stop),
+                torch.arange(start, stop, device=batch.device),
+            ),
             lambda output, _: output if output.dim() == 1 else class_scores(output),
             batch_size,
         )
