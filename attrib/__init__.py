@@ -10,6 +10,7 @@ Every method is an :class:`Attribution`; methods compose with ``.then(steps)``
 from .attribution import Attribution
 from .compose import Pipeline, Product
 from .gradient_attribution import GradientAttribution
+from .inputs import InputsLike
 from .layer_attribution import LayerAttribution
 from .methods import Deconvnet, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from .perturbation_attribution import PerturbationAttribution
@@ -29,6 +30,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedReLU",
     "InputXGradient",
+    "InputsLike",
     "IntegratedGradients",
     "LayerAttribution",
     "MinMaxNormalize",

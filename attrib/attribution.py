@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .batching import row_blocks
 from .forward import Model, run_model
-from .inputs import ForwardArgs, InputBatch
+from .inputs import ForwardArgs, InputBatch, InputsLike
 from .state import guarded
 from .targets import Target, TargetLike, class_scores, resolve_target
 
@@ -46,7 +46,7 @@ class Attribution(ABC):
         self.eval_mode = bool(eval_mode)
 
     @abstractmethod
-    def attribute(self, inputs: Any, target: TargetLike = None, *args: Any, **kwargs: Any) -> Any:
+    def attribute(self, inputs: InputsLike, target: TargetLike = None, *args: Any, **kwargs: Any) -> Any:
         """Attribution of ``target``'s score for each example in ``inputs``.
 
         Returns a map per input, in the form of ``inputs`` (a tensor for a

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .attribution import Attribution
 from .batching import check_batch_size
-from .inputs import as_forward_args, as_input_batch, as_result_tuple
+from .inputs import InputsLike, as_forward_args, as_input_batch, as_result_tuple
 from .postprocess import Step
 from .signatures import accepts, supported
 from .targets import TargetLike
@@ -40,7 +40,7 @@ class Pipeline(Attribution):
     def __repr__(self) -> str:
         return f"{self.method!r}.then({', '.join(map(repr, self.steps))})"
 
-    def attribute(self, inputs: Any, target: TargetLike = None, **kwargs: Any) -> Any:
+    def attribute(self, inputs: InputsLike, target: TargetLike = None, **kwargs: Any) -> Any:
         """The wrapped method's maps after every step (see :class:`attrib.Attribution`)."""
         batch = as_input_batch(inputs, floating=False)
         result = self.method.attribute(inputs, target, **kwargs)
@@ -86,7 +86,7 @@ class Product(Attribution):
     def __repr__(self) -> str:
         return f"({self.first!r} * {self.second!r})"
 
-    def attribute(self, inputs: Any, target: TargetLike = None, **kwargs: Any) -> Any:
+    def attribute(self, inputs: InputsLike, target: TargetLike = None, **kwargs: Any) -> Any:
         """Product of the two methods' maps (see :class:`attrib.Attribution`)."""
         if kwargs.get("return_convergence_delta"):
             raise ValueError("a Product has no convergence delta; call the factor methods for theirs")

@@ -11,7 +11,7 @@ from .attribution import Attribution
 from .backprop import backprop
 from .batching import check_batch_size, row_blocks
 from .forward import run_model
-from .inputs import InputBatch, as_forward_args, as_input_batch
+from .inputs import InputBatch, InputsLike, as_forward_args, as_input_batch
 from .rules import BackwardRule
 from .targets import Target, TargetLike, resolve_target
 
@@ -49,7 +49,7 @@ class GradientAttribution(Attribution):
 
     def _gradients_at_inputs(
         self,
-        inputs: Any,
+        inputs: InputsLike,
         target: TargetLike,
         batch_size: int | None,
         additional_forward_args: Any,

@@ -71,11 +71,6 @@ class Target:
         self.fn = fn
         self._checked = checked
 
-    @property
-    def needs_prediction(self) -> bool:
-        """True while the target is the still unknown top-1 prediction."""
-        return self.kind == "predicted"
-
     def select(self, example: Tensor) -> Target:
         """The target of the rows whose example numbers are ``example``."""
         if self.kind == "index":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..gradient_attribution import GradientAttribution, times_inputs
+from ..inputs import InputsLike
 from ..targets import TargetLike
 
 
@@ -25,7 +26,7 @@ class Saliency(GradientAttribution):
 
     def attribute(
         self,
-        inputs: Any,
+        inputs: InputsLike,
         target: TargetLike = None,
         *,
         abs: bool = True,
@@ -51,7 +52,7 @@ class InputXGradient(GradientAttribution):
 
     def attribute(
         self,
-        inputs: Any,
+        inputs: InputsLike,
         target: TargetLike = None,
         *,
         batch_size: int | None = None,

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..baselines import as_baselines
 from ..batching import add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
 from ..gradient_attribution import GradientAttribution, times_inputs
-from ..inputs import as_forward_args, as_input_batch
+from ..inputs import InputsLike, as_forward_args, as_input_batch
 from ..quadrature import quadrature
 from ..targets import TargetLike
 
@@ -40,7 +40,7 @@ class IntegratedGradients(GradientAttribution):
 
     def attribute(
         self,
-        inputs: Any,
+        inputs: InputsLike,
         target: TargetLike = None,
         *,
         baselines: Any = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..gradient_attribution import GradientAttribution
+from ..inputs import InputsLike
 from ..rules import DeconvReLU, GuidedReLU
 from ..targets import TargetLike
 
@@ -12,7 +13,7 @@ from ..targets import TargetLike
 class _RuleBackprop(GradientAttribution):
     def attribute(
         self,
-        inputs: Any,
+        inputs: InputsLike,
         target: TargetLike = None,
         *,
         batch_size: int | None = None,

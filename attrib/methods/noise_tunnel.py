@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..attribution import Attribution
 from ..batching import add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
-from ..inputs import InputBatch, as_forward_args, as_input_batch, as_result_tuple
+from ..inputs import InputBatch, InputsLike, as_forward_args, as_input_batch, as_result_tuple
 from ..randomness import make_generator
 from ..signatures import accepts
 from ..targets import TargetLike
@@ -61,7 +61,7 @@ class NoiseTunnel(Attribution):
 
     def attribute(
         self,
-        inputs: Any,
+        inputs: InputsLike,
         target: TargetLike = None,
         *,
         kind: str = "smoothgrad",
@@ -100,9 +100,7 @@ class NoiseTunnel(Attribution):
             squares: list[Tensor] = []
             for start, stop in row_blocks(n_samples * n, batch_size):
                 example, _ = sample_major_rows(start, stop, n, device)
-                noisy = tuple(
-                    x.index_select(0, example) + eps for x, eps in zip(batch.tensors, noise.rows(start, stop))
-                )
+                noisy = tuple(x + eps for x, eps in zip(batch.rows(example), noise.rows(start, stop)))
                 options = _rows_of_options(method_options, example, batch.tensors)
                 if args.args:
                     options["additional_forward_args"] = args.rows(example)
