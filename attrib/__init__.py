@@ -9,8 +9,8 @@ Every method is an :class:`Attribution`; methods compose with ``.then(steps)``
 
 from .attribution import Attribution
 from .compose import Pipeline, Product
+from .core.inputs import InputsLike
 from .gradient_attribution import GradientAttribution
-from .inputs import InputsLike
 from .layer_attribution import LayerAttribution
 from .methods import Deconvnet, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from .perturbation_attribution import PerturbationAttribution

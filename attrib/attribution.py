@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .batching import row_blocks
-from .forward import Model, run_model
-from .inputs import ForwardArgs, InputBatch, InputsLike
-from .state import guarded
+from .core.batching import BatchSize, map_blocks
+from .core.forward import Model, run_model
+from .core.inputs import ForwardArgs, InputBatch, InputsLike
+from .core.state import guarded
 from .targets import Target, TargetLike, class_scores, resolve_target
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class Attribution(ABC):
         return guarded(self.model, eval_mode=self.eval_mode)
 
     def _resolved_target(
-        self, target: TargetLike, batch: InputBatch, args: ForwardArgs, batch_size: int | None
+        self, target: TargetLike, batch: InputBatch, args: ForwardArgs, batch_size: BatchSize
     ) -> Target:
         """Resolve ``target``, running the clean inputs through the model if it is None."""
         resolved = resolve_target(target, batch.n, batch.device)
@@ -91,7 +91,7 @@ class Attribution(ABC):
         n_rows: int,
         block: Callable[[int, int], tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor]],
         reduce: Callable[[Tensor, Tensor], Tensor],
-        batch_size: int | None,
+        batch_size: BatchSize,
     ) -> Tensor:
         """Run the model without gradients over ``n_rows`` rows, ``batch_size`` at a time.
 
@@ -99,14 +99,16 @@ class Attribution(ABC):
         numbers of rows ``start..stop-1``; ``reduce(output, example)`` shrinks
         each output block (to scores) before the blocks are concatenated.
         """
-        parts = []
+
+        def run(start: int, stop: int) -> Tensor:
+            rows, args, example = block(start, stop)
+            return reduce(run_model(self.model, rows, args), example)
+
         with self._guard(), torch.no_grad():
-            for start, stop in row_blocks(n_rows, batch_size):
-                rows, args, example = block(start, stop)
-                parts.append(reduce(run_model(self.model, rows, args), example))
+            parts = map_blocks(n_rows, batch_size, run)
         return torch.cat(parts)
 
-    def _clean_class_scores(self, batch: InputBatch, args: ForwardArgs, batch_size: int | None) -> Tensor:
+    def _clean_class_scores(self, batch: InputBatch, args: ForwardArgs, batch_size: BatchSize) -> Tensor:
         """Per-class scores ``(N, C)`` (or the ``(N,)`` output) of the clean inputs, without gradients."""
         return self._evaluate(
             batch.n,
@@ -119,7 +121,7 @@ class Attribution(ABC):
             batch_size,
         )
 
-    def _scores(self, tensors: tuple[Tensor, ...], args: ForwardArgs, target: Target, batch_size: int | None) -> Tensor:
+    def _scores(self, tensors: tuple[Tensor, ...], args: ForwardArgs, target: Target, batch_size: BatchSize) -> Tensor:
         """Target scores ``(N,)`` or ``(N, K)`` of ``N`` example rows, without gradients."""
         device = tensors[0].device
         return self._evaluate(

@@ -7,10 +7,10 @@ from typing import Any
 from torch import Tensor
 
 from .attribution import Attribution
-from .batching import check_batch_size
-from .inputs import InputsLike, as_forward_args, as_input_batch, as_result_tuple
+from .core.batching import check_batch_size
+from .core.inputs import InputsLike, as_forward_args, as_input_batch, as_result_tuple
+from .core.signatures import accepts, supported
 from .postprocess import Step
-from .signatures import accepts, supported
 from .targets import TargetLike
 
 

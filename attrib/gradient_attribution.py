@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from .attribution import Attribution
-from .backprop import backprop
-from .batching import check_batch_size, row_blocks
-from .forward import run_model
-from .inputs import InputBatch, InputsLike, as_forward_args, as_input_batch
+from .core.backprop import backprop
+from .core.batching import BatchSize, check_batch_size, map_blocks
+from .core.forward import run_model
+from .core.inputs import InputBatch, InputsLike, as_forward_args, as_input_batch
 from .rules import BackwardRule
 from .targets import Target, TargetLike, resolve_target
 
@@ -51,7 +51,7 @@ class GradientAttribution(Attribution):
         self,
         inputs: InputsLike,
         target: TargetLike,
-        batch_size: int | None,
+        batch_size: BatchSize,
         additional_forward_args: Any,
     ) -> tuple[InputBatch, tuple[Tensor, ...]]:
         """Validate a call and return the inputs with their gradients, ``batch_size`` rows at a time."""
@@ -59,12 +59,14 @@ class GradientAttribution(Attribution):
         args = as_forward_args(additional_forward_args, batch.n)
         resolved = resolve_target(target, batch.n, batch.device)
         batch_size = check_batch_size(batch_size)
-        blocks = []
+
+        def run(start: int, stop: int) -> tuple[Tensor, ...]:
+            index = torch.arange(start, stop, device=batch.device)
+            # A top-1 target is read off this very forward pass on the clean rows.
+            return self._block_gradients(batch.block(start, stop), args.block(start, stop), resolved, index)
+
         with self._guard():
-            for start, stop in row_blocks(batch.n, batch_size):
-                index = torch.arange(start, stop, device=batch.device)
-                # A top-1 target is read off this very forward pass on the clean rows.
-                blocks.append(self._block_gradients(batch.block(start, stop), args.block(start, stop), resolved, index))
+            blocks = map_blocks(batch.n, batch_size, run)
         grads = tuple(parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zip(*blocks))
         return batch, grads
 

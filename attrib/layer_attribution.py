@@ -9,9 +9,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from .attribution import Attribution
-from .backprop import backprop
-from .forward import Model, run_model
-from .layers import resolve_layer
+from .core.backprop import backprop
+from .core.forward import Model, run_model
+from .core.layers import resolve_layer
 from .rules import BackwardRule
 from .targets import Target
 

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from .attribution import Attribution
-from .batching import sample_major_rows
-from .inputs import ForwardArgs
+from .core.batching import BatchSize, sample_major_rows
+from .core.inputs import ForwardArgs
 from .targets import Target
 
 PerturbRows = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
@@ -34,7 +34,7 @@ class PerturbationAttribution(Attribution):
         perturb: PerturbRows,
         args: ForwardArgs,
         target: Target,
-        batch_size: int | None,
+        batch_size: BatchSize,
         device: torch.device,
     ) -> Tensor:
         """Scores ``(n_copies, n)`` (or ``(n_copies, n, K)``) of every copy of every example."""

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import attrib
-from attrib.batching import check_batch_size
-from attrib.inputs import as_forward_args, as_input_batch
+from attrib.core.batching import check_batch_size
+from attrib.core.inputs import as_forward_args, as_input_batch
 from attrib.targets import resolve_target
 
 from .models import ResidualBNNet, SmoothNet, inputs_for

@@ -21,8 +21,8 @@ from torchray.attribution.gradient import gradient as torchray_gradient
 from torchray.attribution.guided_backprop import guided_backprop as torchray_guided_backprop
 
 import attrib
+from attrib.core.quadrature import METHODS
 from attrib.methods.noise_tunnel import KINDS
-from attrib.quadrature import METHODS
 
 from .models import ResidualBNNet, Spec, TwoInputNet, build, inputs_for, specs
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import attrib
-from attrib.quadrature import METHODS, quadrature
+from attrib.core.quadrature import METHODS, quadrature
 
 from . import reference
 from .models import SmoothNet, TwoInputNet, build, inputs_for, specs

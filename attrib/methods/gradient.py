@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.batching import BatchSize
+from ..core.inputs import InputsLike
 from ..gradient_attribution import GradientAttribution, times_inputs
-from ..inputs import InputsLike
 from ..targets import TargetLike
 
 
@@ -30,7 +31,7 @@ class Saliency(GradientAttribution):
         target: TargetLike = None,
         *,
         abs: bool = True,
-        batch_size: int | None = None,
+        batch_size: BatchSize = None,
         additional_forward_args: Any = None,
     ) -> Any:
         """Saliency of ``target`` for ``inputs`` (see :class:`attrib.Attribution`)."""
@@ -55,7 +56,7 @@ class InputXGradient(GradientAttribution):
         inputs: InputsLike,
         target: TargetLike = None,
         *,
-        batch_size: int | None = None,
+        batch_size: BatchSize = None,
         additional_forward_args: Any = None,
     ) -> Any:
         """Input x gradient of ``target`` for ``inputs`` (see :class:`attrib.Attribution`)."""

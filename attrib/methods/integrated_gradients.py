@@ -6,11 +6,11 @@ from typing import Any
 
 from torch import Tensor
 
-from ..baselines import as_baselines
-from ..batching import add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
+from ..core.baselines import as_baselines
+from ..core.batching import BatchSize, add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
+from ..core.inputs import InputsLike, as_forward_args, as_input_batch
+from ..core.quadrature import quadrature
 from ..gradient_attribution import GradientAttribution, times_inputs
-from ..inputs import InputsLike, as_forward_args, as_input_batch
-from ..quadrature import quadrature
 from ..targets import TargetLike
 
 
@@ -46,7 +46,7 @@ class IntegratedGradients(GradientAttribution):
         baselines: Any = None,
         n_steps: int = 50,
         method: str = "gausslegendre",
-        batch_size: int | None = None,
+        batch_size: BatchSize = None,
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
     ) -> Any:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.batching import BatchSize
+from ..core.inputs import InputsLike
 from ..gradient_attribution import GradientAttribution
-from ..inputs import InputsLike
 from ..rules import DeconvReLU, GuidedReLU
 from ..targets import TargetLike
 
@@ -16,7 +17,7 @@ class _RuleBackprop(GradientAttribution):
         inputs: InputsLike,
         target: TargetLike = None,
         *,
-        batch_size: int | None = None,
+        batch_size: BatchSize = None,
         additional_forward_args: Any = None,
     ) -> Any:
         """The rule-modified gradient of ``target`` for ``inputs`` (see :class:`attrib.Attribution`).

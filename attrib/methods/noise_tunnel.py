@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from ..attribution import Attribution
-from ..batching import add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
-from ..inputs import InputBatch, InputsLike, as_forward_args, as_input_batch, as_result_tuple
-from ..randomness import make_generator
-from ..signatures import accepts
+from ..core.batching import BatchSize, add_rows_per_example, check_batch_size, row_blocks, sample_major_rows
+from ..core.inputs import InputBatch, InputsLike, as_forward_args, as_input_batch, as_result_tuple
+from ..core.randomness import make_generator
+from ..core.signatures import accepts
 from ..targets import TargetLike
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -68,7 +68,7 @@ class NoiseTunnel(Attribution):
         n_samples: int = 25,
         stdev: float | tuple[float, ...] = 0.15,
         stdev_mode: str = "relative",
-        batch_size: int | None = None,
+        batch_size: BatchSize = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         additional_forward_args: Any = None,

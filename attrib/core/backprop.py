@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .rules import BackwardRule, rule_applied
+from ..rules import BackwardRule, rule_applied
 
 
 def _gradient(score: Tensor, leaves: tuple[Tensor, ...], retain: bool) -> tuple[Tensor, ...]:

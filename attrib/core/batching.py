@@ -11,21 +11,75 @@ number of copies, and fold each block into per-example sums with
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar, Union
 
 import torch
 from torch import Tensor
 
+BatchSize = Union[int, Literal["auto"], None]
+"""The ``batch_size`` argument of every method: the most rows in one forward pass.
 
-def check_batch_size(batch_size: object, name: str = "batch_size") -> int | None:
-    """Validate a ``batch_size`` argument: None (everything at once) or a positive int."""
-    if batch_size is None:
-        return None
+``None`` runs everything at once; ``"auto"`` starts with every row and halves
+the block on an out-of-memory error (see :func:`map_blocks`).
+"""
+
+T = TypeVar("T")
+
+#: The largest first block ``batch_size="auto"`` tries.
+AUTO_START = 1024
+
+
+def check_batch_size(batch_size: object, name: str = "batch_size") -> BatchSize:
+    """Validate a ``batch_size`` argument: None (everything at once), ``"auto"`` or a positive int."""
+    if batch_size is None or batch_size == "auto":
+        return batch_size  # type: ignore[return-value]
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(
-            f"{name} must be a positive int (the most rows in one forward pass) or None, got {batch_size!r}"
+            f"{name} must be a positive int (the most rows in one forward pass), 'auto' or None, got {batch_size!r}"
         )
     return int(batch_size)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator failure (CUDA or CPU) that a smaller block may avoid."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def map_blocks(total: int, batch_size: BatchSize, fn: Callable[[int, int], T]) -> list[T]:
+    """``[fn(start, stop) for each block]`` over rows ``0..total-1``, at most ``batch_size`` rows a block.
+
+    With ``batch_size="auto"`` the first block has ``min(total, AUTO_START)``
+    rows; a block that runs out of memory is retried at half the size (blocks
+    that succeeded are kept, never recomputed), and the size that worked is
+    kept for the rest of the call. Block boundaries then differ from a fixed
+    ``batch_size`` run, but every method's result is independent of them.
+
+    Raises:
+        torch.OutOfMemoryError: a single row does not fit.
+    """
+    if batch_size != "auto":
+        return [fn(start, stop) for start, stop in row_blocks(total, batch_size)]
+    results: list[T] = []
+    size = max(1, min(total, AUTO_START))
+    start = 0
+    while start < total:
+        stop = min(start + size, total)
+        try:
+            results.append(fn(start, stop))
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error) or stop - start == 1:
+                raise
+            del error
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            size = max(1, (stop - start) // 2)
+            continue
+        start = stop
+    return results
 
 
 def row_blocks(total: int, batch_size: int | None) -> Iterator[tuple[int, int]]:

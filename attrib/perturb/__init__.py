@@ -1,0 +1,1 @@
+"""Standalone perturbation modules: differentiable, device-resident building blocks of perturbation methods."""
