@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Iterator
-from typing import Literal, TypeVar, Union
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-BatchSize = Union[int, Literal["auto"], None]
+BatchSize = int | Literal["auto"] | None
 """The ``batch_size`` argument of every method: the most rows in one forward pass.
 
 ``None`` runs everything at once; ``"auto"`` starts with every row and halves
@@ -32,8 +32,10 @@ AUTO_START = 1024
 
 def check_batch_size(batch_size: object, name: str = "batch_size") -> BatchSize:
     """Validate a ``batch_size`` argument: None (everything at once), ``"auto"`` or a positive int."""
-    if batch_size is None or batch_size == "auto":
-        return batch_size  # type: ignore[return-value]
+    if batch_size is None:
+        return None
+    if batch_size == "auto":
+        return "auto"
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(
             f"{name} must be a positive int (the most rows in one forward pass), 'auto' or None, got {batch_size!r}"
