@@ -1,76 +1,87 @@
-"""Backward rules: redefining how gradients pass through the rectifiers.
+"""Backward rules: redefining how the signal passes back through each kind of autograd node.
 
-Guided backpropagation and DeconvNet keep the forward pass and change the
-backward pass of every ReLU. Rather than patching ``torch.relu`` (global, not
-thread-safe, blind to ``Tensor.relu``) or hooking ``nn.ReLU`` modules (blind
-to functional calls), attrib applies a rule to the autograd graph of one
-forward pass: after the forward, :func:`apply_rule` walks the graph from the
-score back to the inputs and hooks every rectifier node it finds. A ReLU
-leaves the same node (``ReluBackward0``) whether it came from ``nn.ReLU``,
-``F.relu``, ``torch.relu``, ``Tensor.relu`` or an in-place form, so all are
-covered; the hooks live on nodes of that one graph, so they are scoped to the
-call and invisible to other threads. The walk also refuses graphs the rule
-cannot handle: other activations (GELU, ReLU6, LeakyReLU, ...) and opaque
-compiled regions (``torch.compile``, TorchScript, reentrant checkpointing),
-where returning the plain gradient would be silently wrong.
+A :class:`BackwardRule` is a rule *set*: for every autograd node on the path
+from the target to the explained tensors it says how that node passes the
+signal back, by the node's kind (``node.name()``, e.g. ``ConvolutionBackward0``):
 
-For a rectifier with input ``x``, upstream gradient ``g`` and plain local
-gradient ``g * [x > 0]`` the rules are::
+* a :data:`NodeRule` (a function of the node, the signal arriving at its
+  outputs and the call's :class:`~attrib.core.graph.ForwardTrace`) replaces
+  the node's backward;
+* ``None`` keeps the node's own (plain) backward;
+* :class:`UnsupportedModelError` refuses a node the rule is not defined for,
+  rather than returning a silently wrong mixture with plain gradients.
 
-    guided backprop:  g * [x > 0] * [g > 0]
-    deconvnet:        g * [g > 0]
+The rules act on the autograd graph of one forward pass, after that pass:
+:mod:`attrib.core.graph` walks the graph from the target and carries the
+signal back node by node, applying the rule set. The graph is built the same
+whether an operation came from a module (``nn.ReLU``), a function
+(``F.relu``, ``torch.relu``), a tensor method or an in-place form, so every
+spelling is covered; nothing is patched, no parameter is touched, and the
+rules are scoped to the call (other threads are unaffected).
+
+Members of the scheme:
+
+* :class:`GuidedReLU` (Guided backprop) and :class:`DeconvReLU` (DeconvNet):
+  rules for the rectifier nodes, plain backward elsewhere, refusal of other
+  activations (GELU, ReLU6, ...) between the inputs and the target. For a
+  rectifier with input ``x``, upstream signal ``g`` and plain local gradient
+  ``g * [x > 0]``::
+
+      guided backprop:  g * [x > 0] * [g > 0]
+      deconvnet:        g * [g > 0]
+
+* :class:`attrib.core.excitation_rules.ExcitationRule` (excitation backprop):
+  rules for linear, convolution, pooling, normalisation and sum nodes, a list
+  of nodes whose plain backward already is the rule, refusal of anything else.
+
+Every rule set refuses opaque compiled regions (``torch.compile``,
+TorchScript's differentiable graphs, reentrant checkpointing): the rules
+cannot see inside them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 from torch.autograd.graph import Node
-from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from .core.graph import ForwardTrace
+
+Grads = tuple[Tensor | None, ...]
+
+NodeRule = Callable[[Node, Grads, "ForwardTrace | None"], Grads]
+"""``rule(node, grad_outputs, trace) -> grad_inputs``: one node's redefined backward.
+
+``grad_outputs`` is the signal at the node's outputs (``None`` where none
+arrives), ``grad_inputs`` one entry per ``node.next_functions`` edge.
+"""
+
+
+def plain_backward(node: Node, grads: Grads) -> Grads:
+    """The node's own backward, one entry per ``next_functions`` edge."""
+    call = node if callable(node) else getattr(node, "apply")  # noqa: B009  (a custom autograd.Function node)
+    out = call(*grads)
+    return out if isinstance(out, tuple) else (out,)
 
 
 class UnsupportedModelError(TypeError):
     """The model uses an operation the requested backward rule is not defined for."""
 
 
-class BackwardRule(ABC):
-    """How the backward pass of a rectifier ``y = max(x, 0)`` is redefined."""
-
-    #: Name used in error messages.
-    name: str = "rule"
-
-    @abstractmethod
-    def rectifier(self, plain_grad_input: Tensor, grad_output: Tensor) -> Tensor:
-        """The gradient passed to ``x`` given the plain one ``g * [x > 0]`` and ``g``."""
-
-
-class GuidedReLU(BackwardRule):
-    """Guided backpropagation: pass only positive gradients through active units."""
-
-    name = "guided backprop"
-
-    def rectifier(self, plain_grad_input: Tensor, grad_output: Tensor) -> Tensor:
-        return plain_grad_input.clamp(min=0)
-
-
-class DeconvReLU(BackwardRule):
-    """DeconvNet: rectify the gradient itself, ignoring the forward activation."""
-
-    name = "deconvnet"
-
-    def rectifier(self, plain_grad_input: Tensor, grad_output: Tensor) -> Tensor:
-        return grad_output.clamp(min=0)
-
+# Nodes hiding a whole sub-graph the walk cannot see into.
+_OPAQUE_MARKERS = ("CompiledFunction", "DifferentiableGraph", "CheckpointFunction")
 
 # Autograd node names of rectifiers y = max(x, t): relu in every spelling, and threshold.
-_RECTIFIER_NODES = frozenset({"ReluBackward0", "ReluBackward1", "ThresholdBackward0", "ThresholdBackward1"})
+RECTIFIER_NODES = frozenset({"ReluBackward0", "ReluBackward1", "ThresholdBackward0", "ThresholdBackward1"})
 # clamp(min=0) without an upper bound is a ReLU too.
 _CLAMP_NODES = frozenset({"ClampMinBackward0", "ClampBackward1"})
-# Activations whose backward the rules do not define.
-_UNSUPPORTED_ACTIVATIONS = {
+
+# Activations no rule here defines, with their user-facing names.
+UNSUPPORTED_ACTIVATIONS = {
     "HardtanhBackward0": "Hardtanh/ReLU6",
     "LeakyReluBackward0": "LeakyReLU",
     "EluBackward0": "ELU/SELU",
@@ -89,75 +100,91 @@ _UNSUPPORTED_ACTIVATIONS = {
     "SoftshrinkBackward0": "Softshrink",
     "HardshrinkBackward0": "Hardshrink",
 }
-# Nodes hiding a whole sub-graph the walk cannot see into.
-_OPAQUE_MARKERS = ("CompiledFunction", "DifferentiableGraph", "CheckpointFunction")
 
 
-def _is_relu_clamp(node: object) -> bool:
-    low = getattr(node, "_saved_min", None)
-    high = getattr(node, "_saved_max", None)
-    return low is not None and float(low) == 0.0 and high is None
+def is_rectifier(node: Node) -> bool:
+    """Whether ``node`` is the backward of ``max(x, 0)`` in any spelling (relu, threshold, clamp(min=0))."""
+    name = node.name()
+    if name in RECTIFIER_NODES:
+        return True
+    if name in _CLAMP_NODES:
+        low = getattr(node, "_saved_min", None)
+        high = getattr(node, "_saved_max", None)
+        return low is not None and float(low) == 0.0 and high is None
+    return False
 
 
-def _rule_hook(rule: BackwardRule):  # type: ignore[no-untyped-def]
-    def hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: tuple[Tensor | None, ...]):  # type: ignore[no-untyped-def]
-        plain, upstream = grad_inputs[0], grad_outputs[0]
-        if plain is None or upstream is None:
-            return None
-        return (rule.rectifier(plain, upstream),) + tuple(grad_inputs[1:])
+class BackwardRule(ABC):
+    """A set of backward rules, one per kind of autograd node (see the module docstring).
 
-    return hook
-
-
-def apply_rule(output: Tensor, rule: BackwardRule) -> list[RemovableHandle]:
-    """Hook ``rule`` onto every rectifier in the graph that produced ``output``.
-
-    Returns the hook handles (remove them when done; :func:`rule_applied`
-    does). Raises :class:`UnsupportedModelError` if the graph holds an
-    activation or an opaque region the rule cannot handle.
+    Subclasses implement :meth:`rule_for`. Rule sets hold no per-call state
+    (a method shares one instance between calls and threads); what a call
+    records during its forward pass lives in the call's ``ForwardTrace``.
     """
-    handles: list[RemovableHandle] = []
-    if output.grad_fn is None:
-        return handles
-    hook = _rule_hook(rule)
-    seen: set[Node] = set()
-    stack: list[Node | None] = [output.grad_fn]
-    try:
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            name = node.name()
-            if name in _RECTIFIER_NODES or (name in _CLAMP_NODES and _is_relu_clamp(node)):
-                handles.append(node.register_hook(hook))
-            elif name in _UNSUPPORTED_ACTIVATIONS:
-                raise UnsupportedModelError(
-                    f"{rule.name} redefines the backward pass of ReLUs only, but the model applies "
-                    f"{_UNSUPPORTED_ACTIVATIONS[name]} ({name}) between the inputs and the target; "
-                    "the result would silently mix the rule with plain gradients. Use a ReLU model or a "
-                    "plain gradient method (Saliency, IntegratedGradients)"
-                )
-            elif any(marker in name for marker in _OPAQUE_MARKERS):
-                raise UnsupportedModelError(
-                    f"{rule.name} cannot see inside {name.rsplit('::', 1)[-1]}: the model runs a compiled or "
-                    "checkpointed region whose ReLUs the rule cannot reach. Pass the eager module instead "
-                    "(for torch.compile, model._orig_mod; for TorchScript, the original nn.Module)"
-                )
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    except BaseException:
-        for handle in handles:
-            handle.remove()
-        raise
-    return handles
+
+    #: Name used in error messages.
+    name: str = "rule"
+
+    #: Node kinds whose forward operands the rules need and the node does not save
+    #: (recorded during the forward pass, see :func:`attrib.core.graph.recording`).
+    recorded: frozenset[str] = frozenset()
+
+    def node_rule(self, node: Node) -> NodeRule | None:
+        """The rule for ``node`` (None: its plain backward); raises :class:`UnsupportedModelError`."""
+        name = node.name()
+        if any(marker in name for marker in _OPAQUE_MARKERS):
+            raise UnsupportedModelError(
+                f"{self.name} cannot see inside {name.rsplit('::', 1)[-1]}: the model runs a compiled or "
+                "checkpointed region whose operations the rule cannot reach. Pass the eager module instead "
+                "(for torch.compile, model._orig_mod; for TorchScript, the original nn.Module)"
+            )
+        return self.rule_for(node)
+
+    @abstractmethod
+    def rule_for(self, node: Node) -> NodeRule | None:
+        """The rule for a node that is not an opaque region."""
 
 
-@contextmanager
-def rule_applied(output: Tensor, rule: BackwardRule | None) -> Iterator[None]:
-    """Apply ``rule`` (if any) to ``output``'s graph for the duration of the block."""
-    handles = apply_rule(output, rule) if rule is not None else []
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+class _RectifierRule(BackwardRule):
+    """Redefines the rectifiers only; every other node keeps its plain backward; other activations are refused."""
+
+    @abstractmethod
+    def rectifier(self, plain_grad_input: Tensor, grad_output: Tensor) -> Tensor:
+        """The signal passed to ``x`` given the plain one ``g * [x > 0]`` and ``g``."""
+
+    def rule_for(self, node: Node) -> NodeRule | None:
+        if is_rectifier(node):
+            return self._rectify
+        name = node.name()
+        if name in UNSUPPORTED_ACTIVATIONS:
+            raise UnsupportedModelError(
+                f"{self.name} redefines the backward pass of ReLUs only, but the model applies "
+                f"{UNSUPPORTED_ACTIVATIONS[name]} ({name}) between the inputs and the target; "
+                "the result would silently mix the rule with plain gradients. Use a ReLU model or a "
+                "plain gradient method (Saliency, IntegratedGradients)"
+            )
+        return None
+
+    def _rectify(self, node: Node, grad_outputs: Grads, trace: ForwardTrace | None) -> Grads:
+        (upstream,) = grad_outputs
+        plain = plain_backward(node, grad_outputs)
+        assert upstream is not None and plain[0] is not None
+        return (self.rectifier(plain[0], upstream),) + tuple(plain[1:])
+
+
+class GuidedReLU(_RectifierRule):
+    """Guided backpropagation: pass only positive gradients through active units."""
+
+    name = "guided backprop"
+
+    def rectifier(self, plain_grad_input: Tensor, grad_output: Tensor) -> Tensor:
+        return plain_grad_input.clamp(min=0)
+
+
+class DeconvReLU(_RectifierRule):
+    """DeconvNet: rectify the gradient itself, ignoring the forward activation."""
+
+    name = "deconvnet"
+
+    def rectifier(self, plain_grad_input: Tensor, grad_output: Tensor) -> Tensor:
+        return grad_output.clamp(min=0)

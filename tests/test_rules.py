@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import attrib
-from attrib.rules import GuidedReLU, apply_rule
+from attrib.core.backprop import backprop
+from attrib.core.graph import GraphBackward
+from attrib.rules import GuidedReLU
 
 from . import reference
 from .models import FunctionalReLU, inputs_for, reinitialise
@@ -119,14 +121,27 @@ def test_hooks_do_not_outlive_the_call():
     torch.testing.assert_close(attrib.Saliency(model).attribute(x, target=2, abs=False), plain)
 
 
-def test_apply_rule_on_a_graph_and_removal():
+def test_rule_set_on_a_graph_leaves_the_graph_plain():
     x = torch.tensor([-1.0, 2.0, 3.0], requires_grad=True)
     y = torch.relu(x) * torch.tensor([1.0, -1.0, 2.0])
-    handles = apply_rule(y, GuidedReLU())
-    assert len(handles) == 1
-    (g,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    carry = GraphBackward(y, [x], GuidedReLU())
+    assert [n.name() for n in carry.order if carry.rules.get(n) is not None] == ["ReluBackward0"]
+    (g,) = carry(torch.ones(3))
     assert g.tolist() == [0.0, 0.0, 2.0]
-    for h in handles:
-        h.remove()
+    assert backprop(y, (x,), GuidedReLU())[0].tolist() == [0.0, 0.0, 2.0]
+    # Nothing was hooked: the same graph still gives the plain gradient.
     (g,) = torch.autograd.grad(y.sum(), x)
     assert g.tolist() == [0.0, -1.0, 2.0]
+
+
+def test_graph_backward_sums_branches_and_broadcasts_like_autograd():
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    h = x * 2.0
+    a, c = h.chunk(2, dim=0)
+    y = torch.cat([a + b, c * h[:1], (h + b).sum(0, keepdim=True)])
+    seed = torch.randn_like(y)
+    expected = torch.autograd.grad(y, (x, b), seed, retain_graph=True)
+    got = GraphBackward(y, [x, b], GuidedReLU())(seed)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e)

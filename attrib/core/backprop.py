@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..rules import BackwardRule, rule_applied
+from ..rules import BackwardRule
+from .graph import ForwardTrace, GraphBackward
 
 
 def _gradient(score: Tensor, leaves: tuple[Tensor, ...], retain: bool) -> tuple[Tensor, ...]:
@@ -15,19 +16,55 @@ def _gradient(score: Tensor, leaves: tuple[Tensor, ...], retain: bool) -> tuple[
     return tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves))
 
 
-def backprop(scores: Tensor, leaves: tuple[Tensor, ...], rule: BackwardRule | None = None) -> tuple[Tensor, ...]:
-    """Gradients of ``scores`` w.r.t. each leaf, with ``rule`` applied to the rectifiers.
+def seed_signals(scores: Tensor, root: Tensor) -> list[Tensor]:
+    """The signal each score column gives ``root``: its plain gradient (a one-hot for a class score).
+
+    ``scores`` is ``(R,)`` (one signal) or ``(R, K)`` (``K`` signals); a
+    score that does not depend on ``root`` gives zeros.
+    """
+    columns = [scores] if scores.dim() == 1 else list(scores.unbind(1))
+    if root is scores:
+        eye = torch.eye(len(columns), dtype=scores.dtype, device=scores.device)
+        if scores.dim() == 1:
+            return [torch.ones_like(scores)]
+        return [eye[j].expand_as(scores) for j in range(len(columns))]
+    return [_gradient(column.sum(), (root,), retain=True)[0] for column in columns]
+
+
+def backprop(
+    scores: Tensor,
+    leaves: tuple[Tensor, ...],
+    rule: BackwardRule | None = None,
+    *,
+    output: object = None,
+    trace: ForwardTrace | None = None,
+) -> tuple[Tensor, ...]:
+    """Gradients of ``scores`` w.r.t. each leaf, with the backward ``rule`` set applied.
 
     ``scores`` is ``(R,)`` (one score per row) or ``(R, K)``; each result has
     its leaf's shape ``(R, ...)``, or ``(R, K, ...)`` for ``K`` scores per row.
     Rows must not interact (eval-mode models), so the gradient of the summed
     scores gives every row its own gradient. ``K`` scores cost one forward
-    pass and ``K`` backward passes. Uses ``torch.autograd.grad``: nothing is
-    written to any ``.grad``.
+    pass and ``K`` backward passes. Nothing is written to any ``.grad``.
+
+    Without a rule this is ``torch.autograd.grad``. With one, the signal is
+    carried by :class:`attrib.core.graph.GraphBackward`; if ``output`` (the
+    model output the scores were read from) is given, the rule applies from
+    there down, seeded with each score's plain gradient w.r.t. ``output`` (a
+    one-hot for a class score, as TorchRay seeds its backward pass); ``trace``
+    is what the forward pass recorded for the rule
+    (:func:`attrib.core.graph.recording`).
     """
-    with rule_applied(scores, rule):
+    if rule is None:
         if scores.dim() == 1:
             return _gradient(scores.sum(), leaves, retain=False)
         k = scores.shape[1]
         per_target = [_gradient(scores[:, j].sum(), leaves, retain=j < k - 1) for j in range(k)]
-    return tuple(torch.stack(grads, dim=1) for grads in zip(*per_target))
+        return tuple(torch.stack(grads, dim=1) for grads in zip(*per_target))
+    # A tuple/dict output (read by a callable target) is no single root: the rule then applies from the scores down.
+    root = output if isinstance(output, Tensor) and output.requires_grad else scores
+    carry = GraphBackward(root, leaves, rule, trace)
+    per_seed = [carry(seed) for seed in seed_signals(scores, root)]
+    if scores.dim() == 1:
+        return tuple(per_seed[0])
+    return tuple(torch.stack(grads, dim=1) for grads in zip(*per_seed))
