@@ -14,13 +14,14 @@ processed as a batch and reshaped back.
 
 from __future__ import annotations
 
-import math
 import numbers
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .perturb.blur import gaussian_blur
 
 REDUCTIONS = ("abs_max", "sum", "abs_sum", "l2", "positive")
 
@@ -118,17 +119,7 @@ class GaussianSmooth(Step):
         _check_spatial(maps, "GaussianSmooth")
         if maps.dim() != 4:
             raise ValueError(f"GaussianSmooth needs 2-D maps (M, C, H, W), got shape {tuple(maps.shape)}")
-        sigma = self.sigma * max(maps.shape[2:])
-        if sigma == 0:
-            return maps
-        radius = math.ceil(4 * sigma)
-        offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
-        kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-        kernel = (kernel / kernel.sum()).to(maps.dtype)
-        channels = maps.shape[1]
-        out = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
-        out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-        return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+        return gaussian_blur(maps, self.sigma * max(maps.shape[2:]), padding="replicate")
 
 
 class MinMaxNormalize(Step):

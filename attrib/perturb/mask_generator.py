@@ -1,0 +1,224 @@
+"""Smooth masks from a coarse grid of parameters (the extremal perturbation parametrisation)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+POOLINGS = ("softmax", "sum", "sigmoid")
+
+#: Inverse temperature of the soft maximum (and slope of the sigmoid) over neighbouring cells, as TorchRay's.
+COLDNESS = 20.0
+
+
+class MaskGenerator(nn.Module):
+    r"""Smooth masks :math:`m` from parameters :math:`\bar m` on a grid ``step`` pixels apart.
+
+    Parameter :math:`\bar m_j` of cell :math:`j` sits at pixel
+    :math:`c_j = \mathrm{margin} + \mathrm{step}\cdot j` of a mask that
+    extends ``margin = sigma`` pixels beyond the image on each side. Pixel
+    :math:`u` sees the :math:`(2r+1)^2` cells :math:`j` around its own,
+    :math:`\lfloor u/\mathrm{step} \rfloor + k - p` (:math:`k = 0..2r`, with
+    :math:`r = 1 + \lceil \sigma/\mathrm{step} \rceil` and padding
+    :math:`p = 1 + \lceil 2\sigma/\mathrm{step} \rceil`; cells off the grid
+    count as 0), each weighted by the bump
+
+    .. math::
+        w_j(u) = \exp\!\big(-2\,\max(\|u - c_j\|/\sigma - \tfrac12,\ 0)^2\big)
+
+    (flat within :math:`\sigma/2`), and pools the products
+    :math:`a_j = w_j(u)\,\bar m_j` with ``pooling``:
+
+    * ``"softmax"``: :math:`\sum_j a_j\, \mathrm{softmax}_j(20\, a)` (a smooth maximum, the paper's choice);
+    * ``"sum"``: :math:`\sum_j a_j`;
+    * ``"sigmoid"``: :math:`\mathrm{sigmoid}(20 \sum_j a_j - 3)`.
+
+    With ``clamp`` the result is clipped to :math:`[0, 1]`. Same maths as
+    TorchRay's ``MaskGenerator``. The weights repeat from cell to cell, so
+    only one cell's ``(2r+1)^2 x step x step`` are stored (a buffer built in
+    one vectorised expression on the module's device, moved by
+    ``.to(device)``); :attr:`weight` expands them to TorchRay's
+    ``(1, (2r+1)^2, *shape_out)``. :meth:`generate_mask` skips the margins.
+
+    Args:
+        shape: the image size ``(H, W)``.
+        step: the grid spacing in pixels (a positive int).
+        sigma: the bump radius in pixels (positive).
+        clamp: clip masks to ``[0, 1]``.
+        pooling: ``"softmax"``, ``"sum"`` or ``"sigmoid"``.
+
+    Attributes:
+        shape_in: the parameter grid ``(ceil(H/step), ceil(W/step))``.
+        shape_out: the full mask size, margins included.
+        margin: the pixels of margin on each side of the image in the full mask.
+
+    Example:
+        >>> generator = MaskGenerator((224, 224), step=7, sigma=21)
+        >>> params = torch.rand(5, 1, *generator.shape_in)
+        >>> mask, full = generator.generate(params)    # (5, 1, 224, 224), (5, 1, *generator.shape_out)
+    """
+
+    cell_weight: Tensor
+    shape: tuple[int, int]
+    step: int
+    sigma: float
+    clamp: bool
+    pooling: str
+    margin: float
+    padding: int
+    radius: int
+    shape_in: tuple[int, ...]
+    shape_mid: tuple[int, ...]
+    shape_out: tuple[int, ...]
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        step: int,
+        sigma: float,
+        *,
+        clamp: bool = True,
+        pooling: str = "softmax",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if (
+            not isinstance(shape, (tuple, list, torch.Size))
+            or len(shape) != 2
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in shape)
+        ):
+            raise ValueError(f"shape must be a pair of positive ints (H, W), got {shape!r}")
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 1:
+            raise ValueError(f"step must be a positive int (pixels between parameters), got {step!r}")
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not 0 < sigma < math.inf:
+            raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.step = int(step)
+        self.sigma = float(sigma)
+        self.clamp = bool(clamp)
+        self.pooling = pooling
+        self.margin = self.sigma
+        self.padding = 1 + math.ceil((self.margin + self.sigma) / self.step)
+        self.radius = 1 + math.ceil(self.sigma / self.step)
+        self.shape_in = tuple(math.ceil(z / self.step) for z in self.shape)
+        # Cells whose neighbourhoods are computed: TorchRay's count, or more where that would end the full mask
+        # before the image does (small sigma / large step), so that the crop always fits.
+        crop = round(self.margin)
+        self.shape_mid = tuple(
+            max(z_in + 2 * self.padding - 2 * self.radius, -(-(crop + z + self.step - 1) // self.step))
+            for z_in, z in zip(self.shape_in, self.shape)
+        )
+        self.shape_out = tuple(self.step * z - self.step + 1 for z in self.shape_mid)
+        self.register_buffer("cell_weight", self._weights(torch.device(device) if device is not None else None))
+
+    @property
+    def weight(self) -> Tensor:
+        """The bump weights ``(1, (2r+1)^2, *shape_out)``: channel ``ky * (2r+1) + kx`` for cell offset ``(ky, kx)``."""
+        mid_h, mid_w = self.shape_mid
+        size, step = self.cell_weight.shape[0], self.step
+        grid = self.cell_weight.view(1, size, 1, step, 1, step).expand(-1, -1, mid_h, -1, mid_w, -1)
+        grid = grid.reshape(1, size, mid_h * step, mid_w * step)
+        return grid[:, :, : self.shape_out[0], : self.shape_out[1]]
+
+    def _weights(self, device: torch.device | None) -> Tensor:
+        """The bump weights of one cell's pixels, ``((2r+1)^2, step, step)``.
+
+        Pixel ``u`` of cell ``i`` (``u = step * i + o``) is ``o - margin - step * (k - p)`` away from the
+        centre of its neighbour ``k``, whatever ``i``: the weights repeat from cell to cell.
+        """
+        size = 2 * self.radius + 1
+        o = torch.arange(self.step, device=device, dtype=torch.float64)
+        k = torch.arange(size, device=device, dtype=torch.float64)
+        d = o[None, :] - self.margin - self.step * (k[:, None] - self.padding)  # (2r+1, step)
+        delta = torch.sqrt(d[:, None, :, None] ** 2 + d[None, :, None, :] ** 2)  # (ky, kx, oy, ox)
+        weight = torch.exp(-2 * ((delta / self.sigma - 0.5).clamp(min=0) ** 2))
+        return weight.reshape(size * size, self.step, self.step).to(torch.float32)
+
+    def generate(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Masks from parameters ``(K, 1, *shape_in)``.
+
+        Returns:
+            ``(mask, full)``: the masks on the image ``(K, 1, H, W)`` and the
+            full masks with margins ``(K, 1, *shape_out)`` (``mask`` is a view
+            of ``full``). Differentiable in ``params``.
+        """
+        full = self._pooled(params, (0, self.shape_mid[0]), (0, self.shape_mid[1]))
+        full = full[:, :, : self.shape_out[0], : self.shape_out[1]]
+        top = left = round(self.margin)
+        return full[:, :, top : top + self.shape[0], left : left + self.shape[1]], full
+
+    def generate_mask(self, params: Tensor) -> Tensor:
+        """Only the masks on the image ``(K, 1, H, W)``, as ``generate(params)[0]``, skipping the margins' work."""
+        crop = round(self.margin)
+        spans = [(crop // self.step, -(-(crop + z) // self.step)) for z in self.shape]
+        pooled = self._pooled(params, spans[0], spans[1])
+        top, left = (crop - lo * self.step for lo, _ in spans)
+        return pooled[:, :, top : top + self.shape[0], left : left + self.shape[1]]
+
+    def _pooled(self, params: Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> Tensor:
+        """The (clamped) pooled mask over cells ``rows[0]..rows[1]-1`` x ``cols[0]..cols[1]-1`` of the full mask."""
+        if params.dim() != 4 or params.shape[1] != 1 or tuple(params.shape[2:]) != self.shape_in:
+            raise ValueError(f"params must have shape (K, 1, {self.shape_in[0]}, {self.shape_in[1]}), "
+                             f"got {tuple(params.shape)}")
+        size = 2 * self.radius + 1
+        k, step = params.shape[0], self.step
+        extra = [m + 2 * self.radius - z - 2 * self.padding for m, z in zip(self.shape_mid, self.shape_in)]
+        padded = F.pad(params.to(self.cell_weight.dtype), (self.padding, self.padding + extra[1]) + (
+            self.padding, self.padding + extra[0]))
+        cells = F.unfold(padded, (size, size)).view(k, size * size, *self.shape_mid)
+        # Every pixel of a cell sees the same (2r+1)^2 parameters and the weights repeat from cell to cell:
+        # lay the products out as (mask, cell, neighbour, pixel of the cell) so both broadcast cheaply.
+        a, b = rows[1] - rows[0], cols[1] - cols[0]
+        cells = cells[:, :, rows[0] : rows[1], cols[0] : cols[1]].permute(0, 2, 3, 1).reshape(k, a * b, size * size)
+        weight = self.cell_weight.to(cells.dtype).view(size * size, step * step)
+        if self.pooling == "softmax":
+            pooled: Tensor = _SoftmaxPool.apply(cells, weight)
+        else:
+            pooled = cells @ weight
+            if self.pooling == "sigmoid":
+                pooled = torch.sigmoid(COLDNESS * pooled - 3)
+        pooled = pooled.view(k, a, b, step, step).permute(0, 1, 3, 2, 4).reshape(k, 1, a * step, b * step)
+        return pooled.clamp(0, 1) if self.clamp else pooled
+
+    def extra_repr(self) -> str:
+        return (f"shape={self.shape}, step={self.step}, sigma={self.sigma}, clamp={self.clamp}, "
+                f"pooling={self.pooling!r}, shape_in={self.shape_in}, shape_out={self.shape_out}")
+
+
+class _SoftmaxPool(torch.autograd.Function):
+    r"""The soft maximum :math:`m = \sum_j a_j e^{\beta a_j} / \sum_j e^{\beta a_j}` of :math:`a_j = w_{jt} c_j`, fused.
+
+    ``cells`` ``(K, P, J)`` holds the :math:`J` parameters :math:`c_j` each of
+    :math:`P` cells sees, ``weight`` ``(J, T)`` the weights :math:`w_{jt}` of
+    the :math:`T` pixels of a cell; the result is ``(K, P, T)``. Autograd
+    through the plain expression allocates and reads about ten ``(K, P, J, T)``
+    tensors; this allocates one per pass (:math:`q_j = w_j e^{\beta a_j}`
+    forward, :math:`q_j h` backward) and does the sums over :math:`j` and
+    :math:`t` as matrix products, from
+    :math:`\partial m/\partial a_j = e^{\beta a_j}(1 + \beta a_j - \beta m) / \sum_i e^{\beta a_i}`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, cells: Tensor, weight: Tensor) -> Tensor:
+        exps = cells.unsqueeze(3) * weight  # (K, P, J, T): a_j
+        exps.sub_(exps.amax(2, keepdim=True)).mul_(COLDNESS).exp_()  # e^{beta a_j}, scaled by the pixel's largest
+        total = exps.sum(2)
+        q = exps.mul_(weight)
+        pooled = (cells.unsqueeze(2) @ q).squeeze(2).div_(total)  # sum_j c_j q_j = sum_j a_j e_j
+        ctx.save_for_backward(cells, weight, q, total, pooled)
+        return pooled
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        cells, weight, q, total, pooled = ctx.saved_tensors
+        qh = q * (grad / total).unsqueeze(2)  # q_j h, h = grad / sum_i e_i (q stays intact for retain_graph)
+        first = (qh @ (1 - COLDNESS * pooled).unsqueeze(3)).squeeze(3)  # sum_t q_j h (1 - beta m)
+        second = qh.mul_(weight).sum(3)  # sum_t q_j w_j h
+        return first + COLDNESS * cells * second, None
