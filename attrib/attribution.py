@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .core.batching import BatchSize, map_blocks
-from .core.forward import Model, run_model
+from .core.forward import Model, run_model, tensor_output
 from .core.inputs import ForwardArgs, InputBatch, InputsLike
 from .core.state import guarded
 from .targets import Target, TargetLike, class_scores, resolve_target
@@ -21,13 +21,28 @@ if TYPE_CHECKING:
     from .postprocess import Step
 
 
+def _clean_scores(output: Tensor) -> Tensor:
+    """The ``(N,)`` output itself or its ``(N, C)`` per-class scores, to find the top-1 class."""
+    output = tensor_output(output)
+    return output if output.dim() == 1 else class_scores(output)
+
+
 class Attribution(ABC):
     """Explains a model's score for given inputs by a map over those inputs.
 
     Subclasses implement :meth:`attribute`. Options are keyword-only and named
     alike across methods: ``target`` (see :mod:`attrib.targets`),
-    ``baselines``, ``batch_size`` (the most rows in one forward pass),
-    ``seed``/``generator``, ``additional_forward_args``.
+    ``baselines``, ``batch_size`` (the most rows in one forward pass: a
+    positive int, ``"auto"`` to start large and halve on out-of-memory, or
+    None for everything at once; peak memory follows it, not the number of
+    steps, samples or masks), ``seed``/``generator`` (never torch's global
+    RNG), ``additional_forward_args``.
+
+    Every call either returns the maps or raises a clear ``ValueError`` /
+    ``TypeError`` (NaN or infinite inputs, inputs on another device than the
+    model's parameters, a dtype the model cannot take, a non-Tensor model
+    output without a callable ``target``, ...); either way the model's
+    state (modes, ``requires_grad``, ``.grad``, buffers, hooks) is as before.
 
     Args:
         model: an ``nn.Module`` (or a callable returning a tensor) mapping
@@ -117,7 +132,7 @@ class Attribution(ABC):
                 args.block(start, stop),
                 torch.arange(start, stop, device=batch.device),
             ),
-            lambda output, _: output if output.dim() == 1 else class_scores(output),
+            lambda output, _: _clean_scores(output),
             batch_size,
         )
 

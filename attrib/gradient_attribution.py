@@ -11,6 +11,7 @@ from .attribution import Attribution
 from .core.backprop import backprop
 from .core.batching import BatchSize, check_batch_size, map_blocks
 from .core.forward import run_model
+from .core.graph import recording
 from .core.inputs import InputBatch, InputsLike, as_forward_args, as_input_batch
 from .rules import BackwardRule
 from .targets import Target, TargetLike, resolve_target
@@ -44,8 +45,11 @@ class GradientAttribution(Attribution):
         """
         leaves = tuple(_leaf(r) for r in rows)
         # The model sees copies of the leaves, so in-place ops on its inputs are legal.
-        output = run_model(self.model, tuple(leaf.clone() for leaf in leaves), args)
-        return backprop(target.scores(output, example), leaves, self.rule)
+        # Under a rule the forward is recorded, so the model's own gradient hooks run in the rule's backward.
+        with recording(self.rule) as trace:
+            output = run_model(self.model, tuple(leaf.clone() for leaf in leaves), args)
+        # Detached: a map never carries a graph back to the caller, whatever the backward rule did.
+        return tuple(g.detach() for g in backprop(target.scores(output, example), leaves, self.rule, trace=trace))
 
     def _gradients_at_inputs(
         self,

@@ -13,6 +13,10 @@ scores per example) and attributes that score. ``target`` may be:
 * a callable ``output -> (R,)`` (or ``(R, K)``) score tensor: intermediate or
   multi-label scores, segmentation regions, custom rewards. It must act row by
   row, because methods call it on blocks of perturbed or interpolated copies.
+  It receives the model's raw output, so it is also how to explain a model
+  returning a tuple, a dict or a dataclass-like object (HuggingFace style):
+  ``target=lambda out: out.logits[:, 3]``. Every other target needs a model
+  returning a Tensor, and says so.
 
 For an output with trailing dimensions ``(N, C, *rest)`` the score of class
 ``c`` is ``output[:, c]`` summed over ``rest`` (a one-hot backward seed spread
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .core.forward import tensor_output
 
 TargetLike = Union[
     None, int, Sequence[int], Sequence[Sequence[int]], Tensor, np.ndarray, Callable[[Tensor], Tensor], "Target"
@@ -40,7 +46,13 @@ _EXPECTED = (
 
 
 def class_scores(output: Tensor) -> Tensor:
-    """The ``(R, C)`` per-class scores of an output ``(R, C, *rest)``, summed over ``rest``."""
+    """The ``(R, C)`` per-class scores of an output ``(R, C, *rest)``, summed over ``rest``.
+
+    Raises:
+        TypeError: the output is not a Tensor (a tuple, dict, ...): pass a callable target.
+        ValueError: the output has no class dimension.
+    """
+    output = tensor_output(output)
     if output.dim() < 2:
         raise ValueError(
             f"an integer target needs an output with a class dimension (N, C, ...), got shape {tuple(output.shape)}; "
@@ -62,17 +74,40 @@ class Target:
         kind: str,
         n: int,
         indices: Tensor | None = None,
-        fn: Callable[[Tensor], Tensor] | None = None,
+        fn: Callable[..., Tensor] | None = None,
         checked: bool = False,
     ) -> None:
-        self.kind = kind  # "index", "predicted", "output" or "callable"
+        self.kind = kind  # "index", "predicted", "output", "callable" or "rows"
         self.n = n
         self.indices = indices
         self.fn = fn
         self._checked = checked
 
+    @classmethod
+    def of_rows(cls, fn: Callable[[Any, Tensor], Tensor], n: int) -> Target:
+        """A callable target for ``n`` examples that also sees which example each output row belongs to.
+
+        ``fn(output, example)`` gets an output block ``(R, ...)`` and the ``(R,)``
+        example numbers (in ``0 .. n-1``) of its rows, and returns ``(R,)`` or
+        ``(R, K)`` scores. This is how per-example data (labels, masks) follow
+        the rows that methods mix across examples.
+
+        Example:
+            >>> labels = torch.tensor([3, 7])
+            >>> t = Target.of_rows(lambda out, ex: out.gather(1, labels[ex, None]).squeeze(1), 2)
+        """
+        return cls("rows", n, fn=fn)
+
     def select(self, example: Tensor) -> Target:
         """The target of the rows whose example numbers are ``example``."""
+        if self.kind == "rows":
+            fn = self.fn
+            assert fn is not None
+
+            def selected(output: Any, rows: Tensor) -> Tensor:
+                return fn(output, example.index_select(0, rows.to(example.device)))
+
+            return Target("rows", example.shape[0], fn=selected)
         if self.kind == "index":
             assert self.indices is not None
             idx = self.indices.index_select(0, example.to(self.indices.device))
@@ -103,7 +138,12 @@ class Target:
         """
         if self.kind == "callable":
             assert self.fn is not None
-            return _checked_callable_scores(self.fn(output), output.shape[0])
+            # The callable gets the raw output: a tuple, dict or dataclass-like output is fine here.
+            return _checked_callable_scores(self.fn(output), example.shape[0])
+        if self.kind == "rows":
+            assert self.fn is not None
+            return _checked_callable_scores(self.fn(output, example), example.shape[0])
+        output = tensor_output(output)
         if self.kind == "output":
             if output.dim() != 1:
                 raise ValueError(f"target=None resolved to a 1-D output, got output shape {tuple(output.shape)}")

@@ -145,8 +145,10 @@ def test_model_must_be_callable_and_return_a_tensor():
     with pytest.raises(TypeError, match="model must be an nn.Module or a callable"):
         attrib.Saliency(42)  # type: ignore[arg-type]
     _, x = model_and_input()
-    with pytest.raises(TypeError, match="must return a Tensor"):
+    with pytest.raises(TypeError, match="returned a dict, not a Tensor; pass a callable target"):
         attrib.Saliency(lambda inp: {"logits": inp}).attribute(x, target=0)
+    with pytest.raises(TypeError, match="returned a dict, not a Tensor; pass a callable target"):
+        attrib.Saliency(lambda inp: {"logits": inp}).attribute(x)
 
 
 def test_callables_without_parameters_work():

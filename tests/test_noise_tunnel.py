@@ -152,7 +152,7 @@ def test_tuple_inputs_multi_target_and_forward_args():
     [
         ({"kind": "smooth"}, ValueError, "kind must be one of"),
         ({"n_samples": 0}, ValueError, "n_samples must be a positive int"),
-        ({"stdev": -1.0}, ValueError, "stdev must be a non-negative number"),
+        ({"stdev": -1.0}, ValueError, "stdev must be a non-negative finite number"),
         ({"stdev": (0.1, 0.2)}, ValueError, "one number per input"),
         ({"stdev_mode": "percent"}, ValueError, "stdev_mode"),
         ({"seed": "x"}, TypeError, "seed must be an int"),

@@ -63,15 +63,38 @@ def map_blocks(total: int, batch_size: BatchSize, fn: Callable[[int, int], T]) -
     Raises:
         torch.OutOfMemoryError: a single row does not fit.
     """
-    if batch_size != "auto":
-        return [fn(start, stop) for start, stop in row_blocks(total, batch_size)]
     results: list[T] = []
+    fold_blocks(total, batch_size, fn, lambda start, stop, result: results.append(result))
+    return results
+
+
+def fold_blocks(
+    total: int,
+    batch_size: BatchSize,
+    compute: Callable[[int, int], T],
+    fold: Callable[[int, int, T], None],
+) -> None:
+    """``fold(start, stop, compute(start, stop))`` for each block of rows ``0..total-1``, in order.
+
+    Like :func:`map_blocks`, but for methods that accumulate as they go
+    (running sums over steps or noisy samples) so that memory stays bounded by
+    one block: only ``compute`` is retried on an out-of-memory error with
+    ``batch_size="auto"``; ``fold`` runs once per successful block and is never
+    repeated, so an accumulator cannot count a block twice.
+
+    Raises:
+        torch.OutOfMemoryError: a single row does not fit (or ``fold`` ran out of memory).
+    """
+    if batch_size != "auto":
+        for start, stop in row_blocks(total, batch_size):
+            fold(start, stop, compute(start, stop))
+        return
     size = max(1, min(total, AUTO_START))
     start = 0
     while start < total:
         stop = min(start + size, total)
         try:
-            results.append(fn(start, stop))
+            result = compute(start, stop)
         except (torch.OutOfMemoryError, RuntimeError) as error:
             if not is_out_of_memory(error) or stop - start == 1:
                 raise
@@ -80,8 +103,9 @@ def map_blocks(total: int, batch_size: BatchSize, fn: Callable[[int, int], T]) -
                 torch.cuda.empty_cache()
             size = max(1, (stop - start) // 2)
             continue
+        fold(start, stop, result)
+        del result
         start = stop
-    return results
 
 
 def row_blocks(total: int, batch_size: int | None) -> Iterator[tuple[int, int]]:

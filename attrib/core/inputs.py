@@ -57,14 +57,19 @@ class InputBatch:
         return tuple(results)
 
 
-def as_input_batch(inputs: Any, *, name: str = "inputs", floating: bool = True) -> InputBatch:
+def as_input_batch(inputs: Any, *, name: str = "inputs", floating: bool = True, finite: bool = True) -> InputBatch:
     """Validate ``inputs`` and wrap them in an :class:`InputBatch`.
+
+    Floating-point inputs must be finite (when ``finite``): a NaN or an
+    infinity would give a map that is NaN, zero or meaningless without a word
+    (a NaN image gives an all-zero saliency map), so it is refused up front,
+    at the cost of one pass over the inputs per call.
 
     Raises:
         TypeError: ``inputs`` is not a tensor or a tuple/list of tensors, or a
             tensor is not floating point while ``floating`` is required.
-        ValueError: an input has no batch dimension, an empty batch, or the
-            inputs disagree on ``N``.
+        ValueError: an input has no batch dimension, an empty batch, holds NaN
+            or infinite values, or the inputs disagree on ``N``.
     """
     if isinstance(inputs, Tensor):
         tensors: tuple[Any, ...] = (inputs,)
@@ -97,6 +102,15 @@ def as_input_batch(inputs: Any, *, name: str = "inputs", floating: bool = True) 
             raise ValueError(
                 f"all inputs must share the batch size N: {name}[0] has N={n} but {name}[{i}] has N={t.shape[0]}"
             )
+    if finite:
+        for i, t in enumerate(tensors):
+            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                label = name if form == "tensor" else f"{name}[{i}]"
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(
+                    f"{label} must be finite, but holds {bad} NaN or infinite value(s); "
+                    "replace them (e.g. torch.nan_to_num) before explaining"
+                )
     return InputBatch(tuple(t.detach() for t in tensors), form)
 
 

@@ -20,6 +20,11 @@ class Saliency(GradientAttribution):
     ``(N, ...)``, or ``(N, K, ...)`` for an ``(N, K)`` target. For TorchRay's
     ``(N, 1, H, W)`` map follow with ``ReduceChannels("abs_max")``.
 
+    ``batch_size`` is the most examples in one forward/backward pass: a
+    positive int, ``"auto"`` (start large, halve on out-of-memory) or None
+    (all at once); peak memory is that of one such block. Inputs must be
+    finite floating-point tensors on the model's device.
+
     Example:
         >>> maps = attrib.Saliency(model).attribute(images, target=3)
         >>> heat = attrib.Saliency(model).then(attrib.ReduceChannels("abs_max")).attribute(images)
@@ -44,8 +49,9 @@ class InputXGradient(GradientAttribution):
 
     .. math:: A_i(x) = x_i \, \frac{\partial S_t(x)}{\partial x_i}
 
-    Shapes as :class:`Saliency`. For a linear model it is the exact
-    contribution of each feature, :math:`w_{t,i} x_i`.
+    Shapes and ``batch_size`` (an int, ``"auto"`` or None) as :class:`Saliency`.
+    For a linear model it is the exact contribution of each feature,
+    :math:`w_{t,i} x_i`.
 
     Example:
         >>> maps = attrib.InputXGradient(model).attribute(images, target=labels)

@@ -22,6 +22,9 @@ class _RuleBackprop(GradientAttribution):
     ) -> Any:
         """The rule-modified gradient of ``target`` for ``inputs`` (see :class:`attrib.Attribution`).
 
+        ``batch_size``: the most examples in one forward/backward pass (an
+        int, ``"auto"`` to halve on out-of-memory, or None for all at once).
+
         Raises:
             attrib.UnsupportedModelError: the model applies an activation
                 other than ReLU, or runs a compiled region, on the way from
