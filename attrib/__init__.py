@@ -2,39 +2,84 @@
 
 >>> import attrib
 >>> maps = attrib.Saliency(model).attribute(images, target=3)
+>>> cams = attrib.GradCAM(model, "layer4").then(attrib.Resize()).attribute(images, target=3)
 
 Every method is an :class:`Attribution`; methods compose with ``.then(steps)``
 (post-processing), ``*`` (products) and :class:`NoiseTunnel` (noise averaging).
+The bases are :class:`GradientAttribution`, :class:`LayerAttribution` and
+:class:`PerturbationAttribution`; backward rules (:class:`BackwardRule`)
+redefine how the backward pass runs through the graph. Metrics live in
+:mod:`attrib.metrics`, perturbation building blocks in :mod:`attrib.perturb`,
+the shipped benchmark data and models in :mod:`attrib.data`, pictures in
+:mod:`attrib.viz`, dataset-scale runs in :mod:`attrib.dataset`.
 """
 
+from . import metrics, perturb
 from .attribution import Attribution
 from .compose import Pipeline, Product
 from .core.inputs import InputsLike
+from .dataset import MapStore, SettingsMismatchError, evaluate_dataset, explain_dataset
 from .gradient_attribution import GradientAttribution
 from .layer_attribution import LayerAttribution
-from .methods import Deconvnet, GuidedBackprop, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from .methods import (
+    RISE,
+    AblationCAM,
+    ContrastiveExcitationBackprop,
+    Deconvnet,
+    EigenCAM,
+    ExcitationBackprop,
+    ExtremalPerturbation,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    InputXGradient,
+    IntegratedGradients,
+    LayerCAM,
+    LinearApprox,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+    ScoreCAM,
+    XGradCAM,
+)
 from .perturbation_attribution import PerturbationAttribution
 from .postprocess import GaussianSmooth, MinMaxNormalize, PercentileClip, ReduceChannels, Resize, Step
 from .rules import BackwardRule, DeconvReLU, GuidedReLU, UnsupportedModelError
 from .targets import Target, TargetLike
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "RISE",
+    "AblationCAM",
     "Attribution",
     "BackwardRule",
+    "ContrastiveExcitationBackprop",
     "DeconvReLU",
     "Deconvnet",
+    "EigenCAM",
+    "ExcitationBackprop",
+    "ExtremalPerturbation",
     "GaussianSmooth",
+    "GradCAM",
+    "GradCAMPlusPlus",
     "GradientAttribution",
     "GuidedBackprop",
+    "GuidedGradCAM",
     "GuidedReLU",
+    "HiResCAM",
     "InputXGradient",
     "InputsLike",
     "IntegratedGradients",
     "LayerAttribution",
+    "LayerCAM",
+    "LinearApprox",
+    "MapStore",
     "MinMaxNormalize",
     "NoiseTunnel",
+    "Occlusion",
     "PercentileClip",
     "PerturbationAttribution",
     "Pipeline",
@@ -42,8 +87,15 @@ __all__ = [
     "ReduceChannels",
     "Resize",
     "Saliency",
+    "ScoreCAM",
+    "SettingsMismatchError",
     "Step",
     "Target",
     "TargetLike",
     "UnsupportedModelError",
+    "XGradCAM",
+    "evaluate_dataset",
+    "explain_dataset",
+    "metrics",
+    "perturb",
 ]

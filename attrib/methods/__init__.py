@@ -1,8 +1,49 @@
-"""Attribution methods, one file per family."""
+"""Attribution methods, one file per family.
 
+* gradients: :mod:`.gradient` (Saliency, InputXGradient), :mod:`.integrated_gradients`,
+  :mod:`.noise_tunnel` (SmoothGrad, SmoothGrad², VarGrad), :mod:`.modified_backprop`
+  (Guided Backprop, DeconvNet);
+* layers: :mod:`.cam` (Grad-CAM and the gradient CAMs, LinearApprox), :mod:`.score_cam`
+  (ScoreCAM, AblationCAM), :mod:`.eigen_cam`, :mod:`.guided_grad_cam`, :mod:`.excitation`
+  (excitation backprop and its contrastive form);
+* perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`.
+"""
+
+from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, HiResCAM, LayerCAM, LinearApprox, XGradCAM
+from .eigen_cam import EigenCAM
+from .excitation import ContrastiveExcitationBackprop, ExcitationBackprop
+from .extremal import ExtremalPerturbation
 from .gradient import InputXGradient, Saliency
+from .guided_grad_cam import GuidedGradCAM
 from .integrated_gradients import IntegratedGradients
 from .modified_backprop import Deconvnet, GuidedBackprop
 from .noise_tunnel import NoiseTunnel
+from .occlusion import Occlusion
+from .rise import RISE
+from .score_cam import AblationCAM, ChannelScoreCAM, ScoreCAM
 
-__all__ = ["Deconvnet", "GuidedBackprop", "InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
+__all__ = [
+    "RISE",
+    "AblationCAM",
+    "ChannelScoreCAM",
+    "ContrastiveExcitationBackprop",
+    "Deconvnet",
+    "EigenCAM",
+    "ExcitationBackprop",
+    "ExtremalPerturbation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientCAM",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "InputXGradient",
+    "IntegratedGradients",
+    "LayerCAM",
+    "LinearApprox",
+    "NoiseTunnel",
+    "Occlusion",
+    "Saliency",
+    "ScoreCAM",
+    "XGradCAM",
+]
