@@ -66,6 +66,7 @@ class LayerAttribution(Attribution):
             )
         self.reshape = reshape
         self._layer: tuple[str, nn.Module] | None = None
+        self._layer_chosen = layer is None
         if layer is None:
             if not isinstance(model, nn.Module):
                 raise TypeError(f"a layer method needs model to be an nn.Module, got {type(model).__name__}")
@@ -87,7 +88,10 @@ class LayerAttribution(Attribution):
         return self._layer[0]
 
     def __repr__(self) -> str:
-        layer = "None (chosen on the first call)" if self._layer is None else repr(self._layer[0])
+        if self._layer is None:
+            layer = "None (chosen on the first call)"
+        else:
+            layer = f"None, chose {self._layer[0]!r}" if self._layer_chosen else repr(self._layer[0])
         return f"{type(self).__name__}({type(self.model).__name__}, layer={layer})"
 
     def _ensure_layer(self, rows: tuple[Tensor, ...], args: tuple[Any, ...]) -> None:

@@ -401,6 +401,17 @@ def test_complete_run_is_not_recomputed(tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(fetched[1:]) == list(range(6))  # resume=False starts over
 
 
+
+def test_a_layer_chosen_on_the_first_call_resumes(tmp_path: Path) -> None:
+    # GradCAM(model) names its layer in repr only after the first call; the same object must still resume.
+    from attrib.methods.cam import GradCAM
+
+    method = GradCAM(ResidualBNNet())
+    first = explain_dataset(method, Blobs(6), tmp_path, batch_size=4, progress=False)
+    assert "chose" in repr(method)
+    again = explain_dataset(method, Blobs(6), tmp_path, batch_size=4, progress=False)
+    assert again.complete and torch.equal(again[5], first[5])
+
 CHANGES: dict[str, Any] = {
     "options": lambda: (ig_method(), Blobs(8), {"target": "label", "n_steps": 5}),
     "target": lambda: (ig_method(), Blobs(8), {"target": None, "n_steps": 4}),

@@ -104,7 +104,8 @@ def run_settings(
 
     model: Callable[..., Any] | None = getattr(method, "model", None)
     return {
-        "method": repr(method),
+        # A layer chosen on the first call (layer=None) is a function of the model and inputs, both recorded.
+        "method": re.sub(r"layer=None(?: \(chosen on the first call\)|, chose '[^']*')", "layer=None", repr(method)),
         "model": model_digest(model),
         "options": describe(dict(options)),
         "target": describe_target(target),
