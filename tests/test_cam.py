@@ -330,7 +330,7 @@ def test_layer_none_picks_the_last_spatial_layer_and_reports_it():
         _ = method.layer
     maps = method.attribute(inputs_for((3, 64, 64), 1, 0), target=0)
     assert method.layer_name == "layer4" and method.layer is model.layer4
-    assert repr(method) == "GradCAM(ResNet, layer='layer4')" and maps.shape == (1, 1, 2, 2)
+    assert repr(method) == "GradCAM(ResNet, layer=None, chose 'layer4')" and maps.shape == (1, 1, 2, 2)
     vgg_like = nn.Sequential()
     vgg_like.add_module("features", nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
     vgg_like.add_module("avgpool", nn.AdaptiveAvgPool2d(7))  # VGG's: upsamples a small map
