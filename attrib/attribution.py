@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .core.batching import BatchSize, map_blocks
+from .core.batching import BatchSize, map_blocks, sample_major_rows
 from .core.forward import Model, run_model, tensor_output
 from .core.inputs import ForwardArgs, InputBatch, InputsLike
 from .core.state import guarded
 from .targets import Target, TargetLike, class_scores, resolve_target
+
+PerturbRows = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
+"""``(example, copy) -> rows``: the perturbed inputs of the given (example, copy) pairs."""
 
 if TYPE_CHECKING:
     from .compose import Pipeline, Product
@@ -149,3 +152,28 @@ class Attribution(ABC):
             target.scores,
             batch_size,
         )
+
+    def _perturbed_scores(
+        self,
+        n: int,
+        n_copies: int,
+        perturb: PerturbRows,
+        args: ForwardArgs,
+        target: Target,
+        batch_size: BatchSize,
+        device: torch.device,
+    ) -> Tensor:
+        """Scores ``(n_copies, n)`` (or ``(n_copies, n, K)``) of every copy of every example, without gradients.
+
+        Copies are laid out sample-major (row ``s * n + e`` is copy ``s`` of
+        example ``e``); ``perturb(example, copy)`` builds the inputs of a
+        block of rows, so only ``batch_size`` copies exist at a time. Shared
+        by the perturbation methods and the per-channel CAMs.
+        """
+
+        def block(start: int, stop: int) -> tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor]:
+            example, copy = sample_major_rows(start, stop, n, device)
+            return perturb(example, copy), args.rows(example), example
+
+        scores = self._evaluate(n_copies * n, block, target.scores, batch_size)
+        return scores.view(n_copies, n, *scores.shape[1:])

@@ -9,13 +9,9 @@ import torch
 from torch import Tensor
 
 from .attribution import Attribution
-from .core.batching import BatchSize, map_blocks, sample_major_rows
+from .core.batching import BatchSize, map_blocks
 from .core.forward import run_model
-from .core.inputs import ForwardArgs
 from .targets import Target
-
-PerturbRows = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
-"""``(example, copy) -> rows``: the perturbed inputs of the given (example, copy) pairs."""
 
 BlockEnergy = Callable[[int, int], Tensor]
 """``(start, stop) -> energy``: the (differentiable) energy of rows ``start..stop-1``, any shape."""
@@ -30,7 +26,7 @@ class PerturbationAttribution(Attribution):
 
     * *scoring* methods (Occlusion, RISE) describe ``n_copies`` perturbed
       copies of every example through a ``perturb(example, copy)`` function
-      and get back the score of each copy from :meth:`_perturbed_scores`,
+      and get back the score of each copy from :meth:`Attribution._perturbed_scores`,
       without gradients. Scores are one number per row, so holding all of
       them is cheap even for thousands of copies.
     * *optimising* methods (extremal perturbation) make copies from
@@ -49,25 +45,6 @@ class PerturbationAttribution(Attribution):
         Differentiable with respect to the rows when gradients are enabled.
         """
         return target.scores(run_model(self.model, rows, args), example)
-
-    def _perturbed_scores(
-        self,
-        n: int,
-        n_copies: int,
-        perturb: PerturbRows,
-        args: ForwardArgs,
-        target: Target,
-        batch_size: BatchSize,
-        device: torch.device,
-    ) -> Tensor:
-        """Scores ``(n_copies, n)`` (or ``(n_copies, n, K)``) of every copy of every example, without gradients."""
-
-        def block(start: int, stop: int) -> tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor]:
-            example, copy = sample_major_rows(start, stop, n, device)
-            return perturb(example, copy), args.rows(example), example
-
-        scores = self._evaluate(n_copies * n, block, target.scores, batch_size)
-        return scores.view(n_copies, n, *scores.shape[1:])
 
     def _backward_blocks(self, n_rows: int, energy: BlockEnergy, batch_size: BatchSize) -> None:
         """Back-propagate ``-sum(energy)`` over ``n_rows`` rows, ``batch_size`` rows at a time.

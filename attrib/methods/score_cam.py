@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.batching import BatchSize, check_batch_size, sample_major_rows
+from ..core.batching import BatchSize, check_batch_size
 from ..core.inputs import ForwardArgs, InputBatch, InputsLike, as_forward_args, as_input_batch
 from ..core.tokens import Layout, ablation_positions
 from ..layer_attribution import LayerAttribution
@@ -93,25 +93,6 @@ class ChannelScoreCAM(LayerAttribution):
     def channel_weights(self, scores: Tensor, clean: Tensor) -> Tensor:
         """Channel weights ``(N, [K,] C)`` from the copies' scores ``(N, [K,] C)`` and the clean ``(N, [K,] 1)``."""
 
-    def _copy_scores(
-        self,
-        batch: InputBatch,
-        args: ForwardArgs,
-        target: Target,
-        batch_size: BatchSize,
-        channels: int,
-        rows: Any,
-    ) -> Tensor:
-        """Scores of the ``channels x N`` sample-major copies; ``rows(example, copy)`` builds a block's inputs."""
-        n, device = batch.n, batch.device
-
-        def block(start: int, stop: int) -> tuple[tuple[Tensor, ...], tuple[Any, ...], Tensor]:
-            example, copy = sample_major_rows(start, stop, n, device)
-            return rows(example, copy), args.rows(example), example
-
-        scores = self._evaluate(channels * n, block, target.scores, batch_size)
-        return scores.view(channels, n, *scores.shape[1:])
-
 
 class ScoreCAM(ChannelScoreCAM):
     r"""Score-CAM (Wang et al., 2020), as pytorch-grad-cam computes it.
@@ -150,7 +131,7 @@ class ScoreCAM(ChannelScoreCAM):
             channel = grid[example, copy].unsqueeze(1)  # (R, 1, *grid)
             return tuple(_masked(x.index_select(0, example), channel) for x in batch.tensors)
 
-        return self._copy_scores(batch, args, target, batch_size, grid.shape[1], rows)
+        return self._perturbed_scores(batch.n, grid.shape[1], rows, args, target, batch_size, batch.device)
 
     def channel_weights(self, scores: Tensor, clean: Tensor) -> Tensor:
         return torch.softmax(scores, dim=-1)
@@ -225,7 +206,7 @@ class AblationCAM(ChannelScoreCAM):
             return flat.view_as(clean)
 
         with self._captured(replace=ablated):
-            return self._copy_scores(batch, args, target, batch_size, grid.shape[1], rows)
+            return self._perturbed_scores(batch.n, grid.shape[1], rows, args, target, batch_size, batch.device)
 
     def channel_weights(self, scores: Tensor, clean: Tensor) -> Tensor:
         return safe_divide(clean - scores, clean.expand_as(scores))
