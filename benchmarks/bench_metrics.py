@@ -22,7 +22,6 @@ minimum: on a shared, loaded machine the median mostly measures the others' load
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections.abc import Callable
 
@@ -30,6 +29,7 @@ import torch
 import torchvision
 from captum.attr import Saliency as CaptumSaliency
 from captum.metrics import infidelity, sensitivity_max
+from timing import timed as _timed
 from torchray.benchmark.pointing_game import PointingGame as TorchRayPointingGame
 
 import attrib
@@ -39,20 +39,8 @@ warnings.filterwarnings("ignore")
 
 
 def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Best (minimum) seconds of each function, runs interleaved round-robin after one warm-up each."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in samples.items()}
+    """Best (minimum) seconds of each function: on a shared machine the median mostly measures the other jobs."""
+    return _timed(fns, repeats, device, reduce=min)
 
 
 def loop_curve(

@@ -30,38 +30,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 import torchvision
+from timing import timed
 
 from attrib.methods.occlusion import Occlusion
 from attrib.methods.rise import RISE
 from attrib.perturb.rise_masks import RiseMasks
 
 warnings.filterwarnings("ignore")  # the peers warn on every call
-
-
-def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function, runs interleaved round-robin after one warm-up each."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.device]:
