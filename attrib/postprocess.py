@@ -74,6 +74,9 @@ class ReduceChannels(Step):
         return maps.sum(1, keepdim=True).clamp(min=0)
 
 
+_INTERPOLATION_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
+
+
 class Resize(Step):
     """Resample maps to the reference input's spatial size, or to ``size``.
 
@@ -87,6 +90,8 @@ class Resize(Step):
             isinstance(size, (tuple, list)) and all(isinstance(s, numbers.Integral) and s > 0 for s in size)
         ):
             raise ValueError(f"size must be None or a tuple of positive ints (height, width), got {size!r}")
+        if mode not in _INTERPOLATION_MODES:
+            raise ValueError(f"mode must be one of {', '.join(_INTERPOLATION_MODES)}; got {mode!r}")
         self.size = None if size is None else tuple(int(s) for s in size)
         self.mode = mode
 

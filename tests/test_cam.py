@@ -489,3 +489,17 @@ def test_concurrent_first_calls_resolve_the_layer_once_and_agree():
     named = GradCAM(model, method.layer_name)
     for i in range(2):
         torch.testing.assert_close(results[i], named.attribute(x, target=i), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", [ScoreCAM, AblationCAM])
+def test_channel_cams_bound_their_blocks_by_default(method: type[ScoreCAM]) -> None:
+    # 96 channels x 2 examples = 192 copies: the default batch_size must not put them in one forward pass.
+    model = nn.Sequential(nn.Conv2d(3, 96, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(96, 4)).eval()
+    seen: list[int] = []
+    hook = model[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    try:
+        method(model, "1").attribute(torch.rand(2, 3, 8, 8), target=1)
+    finally:
+        hook.remove()
+    assert len(seen) > 1 and max(seen) <= 64

@@ -243,3 +243,11 @@ def test_bad_argument_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr
     assert "does not exist" in run.stderr
+
+
+def test_occlusion_defaults_scale_with_the_image_size() -> None:
+    from attrib.cli.registry import default_options
+
+    small, large = default_options("occlusion"), default_options("occlusion", size=224)
+    windows = [((size - o["window"]) // o["stride"] + 1) ** 2 for size, o in ((64, small), (224, large))]
+    assert large["window"] > small["window"] and windows[1] <= 1.5 * windows[0]

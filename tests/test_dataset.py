@@ -294,6 +294,8 @@ def test_evaluate_dataset_equals_the_metric_on_the_whole_set(tmp_path: Path) -> 
 
     with pytest.raises(TypeError, match="one score per item"):
         evaluate_dataset(lambda maps, items: maps.sum(), store, dataset)
+    with pytest.raises(TypeError, match="binds its data first"):
+        evaluate_dataset(Deletion(model, images, labels), store, dataset)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="items"):
         evaluate_dataset(lambda maps, items: maps.flatten(1).sum(1), store, Blobs(8))
     (tmp_path / "manifest.json").unlink()

@@ -115,6 +115,8 @@ def test_resize():
     )
     assert torch.equal(attrib.Resize((8, 8), mode="nearest")(maps, reference)[0, 0, ::2, ::2], maps[0, 0])
     assert attrib.Resize()(maps, torch.zeros(1, 1, 4, 4)) is maps
+    with pytest.raises(ValueError, match="mode must be one of"):
+        attrib.Resize(mode="bilinaer")
     with pytest.raises(ValueError, match="height, width"):
         attrib.Resize((0, 3))
     with pytest.raises(ValueError, match="shape"):

@@ -83,7 +83,7 @@ def run_method(name: str, model: torch.nn.Module, images: Tensor, target: Any, *
     from .registry import build_method, default_options
 
     method = build_method(name, model, layer=layer)
-    kwargs = default_options(name)
+    kwargs = default_options(name, size=max(images.shape[-2:]))
     kwargs.update(options or {})
     maps, seconds = timed(lambda: method.attribute(images, target, **kwargs))
     if not isinstance(maps, Tensor):

@@ -288,6 +288,15 @@ def build_method(name: str, model: nn.Module, *, layer: str | None = None) -> At
     return method.then(*spec.steps)
 
 
-def default_options(name: str) -> dict[str, Any]:
-    """Fast ``attribute`` options for ``name`` (a fresh dict: the caller may change it)."""
-    return {k: (list(v) if isinstance(v, list) else v) for k, v in spec_of(name).options.items()}
+def default_options(name: str, size: int | None = None) -> dict[str, Any]:
+    """Fast ``attribute`` options for ``name`` (a fresh dict: the caller may change it).
+
+    ``size`` is the images' larger side: Occlusion's window and stride, set
+    for the shipped 64 px images, scale with it so that a 224 px image also
+    takes about 200 windows rather than 2,900.
+    """
+    options: dict[str, Any] = {k: (list(v) if isinstance(v, list) else v) for k, v in spec_of(name).options.items()}
+    if spec_of(name).name == "occlusion" and size is not None and size != 64:
+        window, stride = int(options["window"]), int(options["stride"])
+        options.update(window=max(2, round(window * size / 64)), stride=max(1, round(stride * size / 64)))
+    return options

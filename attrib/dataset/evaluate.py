@@ -15,11 +15,12 @@ from .distributed import local_device, rank_context, reduce_across_ranks
 from .loading import shard_batches
 from .store import MapStore, shard_grid, shard_name
 
-Metric = Callable[[Tensor, tuple[Any, ...]], Tensor]
+ShardMetric = Callable[[Tensor, tuple[Any, ...]], Tensor]
+"""``(maps, items) -> (n,) scores`` of one shard: its stored maps and the dataset's items ``(input, label, ...)``."""
 
 
 def evaluate_dataset(
-    metric: Metric,
+    metric: ShardMetric,
     store: MapStore | str | os.PathLike[str],
     dataset: Dataset[Any],
     *,
@@ -57,6 +58,14 @@ def evaluate_dataset(
         raise ValueError(f"dataset has {length} items but the run in {str(store.path)!r} has {store.length}")
     if not callable(metric):
         raise TypeError(f"metric must be a callable (maps, items) -> (n,) scores, got {type(metric).__name__}")
+    from ..metrics import Metric
+
+    if isinstance(metric, Metric):
+        name = type(metric).__name__
+        raise TypeError(
+            f"metric must be a callable (maps, items) -> (n,) scores; an attrib.metrics.{name} binds its data "
+            f"first, so bind it per shard: lambda maps, items: {name}(...)(maps)"
+        )
     context = rank_context()
     target = torch.device(device) if device is not None else local_device()
     mine = [s for c, s in enumerate(shard_grid(store.length, store.shard_size)) if context.owns(c)]

@@ -28,10 +28,12 @@ from abc import abstractmethod
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.batching import BatchSize, check_batch_size, map_blocks
+from ..core.forward import Model
 from ..core.inputs import InputsLike, as_forward_args, as_input_batch
+from ..core.tokens import Reshape
 from ..layer_attribution import LayerAttribution
 from ..targets import TargetLike, resolve_target
 
@@ -204,8 +206,16 @@ class GradCAMPlusPlus(GradientCAM):
         >>> maps = attrib.GradCAMPlusPlus(model, "layer4").attribute(images, target=3)
     """
 
-    def __init__(self, model: Any, layer: Any = None, *, eps: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(model, layer, **kwargs)
+    def __init__(
+        self,
+        model: Model,
+        layer: str | nn.Module | None = None,
+        *,
+        eps: float = 0.0,
+        reshape: Reshape | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape, eval_mode=eval_mode)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps < 0:
             raise ValueError(f"eps must be a non-negative number, got {eps!r}")
         self.eps = float(eps)

@@ -48,6 +48,10 @@ class ExtremalPerturbation(PerturbationAttribution):
     :math:`-E`, clipped to :math:`[0, 1]` after every step, for ``max_iter``
     steps. With ``jitter`` each mask's perturbed image is flipped horizontally
     at random (probability 1/2 per step, drawn from ``seed``/``generator``).
+    The flips of a step are drawn for all masks of the call at once, so with
+    jitter a mask depends on the seed *and* on the other images and areas of
+    the call (not on ``batch_size``); ``jitter=False`` makes each mask depend
+    on its own image, target and area alone.
 
     All images, targets, areas and variant copies of a call are optimised
     together: every step evaluates the ``N x K x len(areas) x copies`` rows

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.batching import BatchSize, check_batch_size
+from ..core.forward import Model
 from ..core.inputs import ForwardArgs, InputBatch, InputsLike, as_forward_args, as_input_batch
-from ..core.tokens import Layout, ablation_positions
+from ..core.tokens import Layout, Reshape, ablation_positions
 from ..layer_attribution import LayerAttribution
 from ..targets import Target, TargetLike
 from .cam import channel_sum, safe_divide
@@ -49,14 +50,15 @@ class ChannelScoreCAM(LayerAttribution):
         inputs: InputsLike,
         target: TargetLike = None,
         *,
-        batch_size: BatchSize = None,
+        batch_size: BatchSize = 64,
         additional_forward_args: Any = None,
         relu: bool = True,
     ) -> Tensor:
         """The map of ``target`` for ``inputs``: ``(N, 1, *grid)``, or ``(N, K, 1, *grid)`` for ``(N, K)`` targets.
 
         Args:
-            batch_size: the most rows (copies) in one forward pass; bounds the memory.
+            batch_size: the most rows (copies) in one forward pass (default 64, as Occlusion and RISE);
+                bounds the memory.
             relu: clamp the map at zero (default, as the papers).
         """
         batch = as_input_batch(inputs)
@@ -170,8 +172,16 @@ class AblationCAM(ChannelScoreCAM):
         >>> maps = attrib.AblationCAM(model, "layer4").attribute(images, target=3, batch_size=64)
     """
 
-    def __init__(self, model: Any, layer: Any = None, *, ablation_value: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(model, layer, **kwargs)
+    def __init__(
+        self,
+        model: Model,
+        layer: str | nn.Module | None = None,
+        *,
+        ablation_value: float = 0.0,
+        reshape: Reshape | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(model, layer, reshape=reshape, eval_mode=eval_mode)
         if isinstance(ablation_value, bool) or not isinstance(ablation_value, (int, float)):
             raise TypeError(f"ablation_value must be a number, got {type(ablation_value).__name__}")
         self.ablation_value = float(ablation_value)
