@@ -190,3 +190,21 @@ class SmoothNet(nn.Module):
 def inputs_for(shape: tuple[int, ...], n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn((n, *shape), generator=g, dtype=torch.float64).to(dtype)
+
+
+def assert_batch_invariant(  # type: ignore[no-untyped-def]
+    attribute, x: torch.Tensor, target: torch.Tensor, batch_sizes, perm_seed: int, /, **options
+) -> None:
+    """``attribute(x, target, batch_size=..., **options)`` is independent of ``batch_size`` and batch-equivariant.
+
+    Every ``batch_sizes`` entry gives the one-block result; permuting the
+    examples permutes the maps; one example at a time gives the same maps.
+    """
+    whole = attribute(x, target, batch_size=None, **options)
+    for batch_size in batch_sizes:
+        torch.testing.assert_close(attribute(x, target, batch_size=batch_size, **options), whole)
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(perm_seed))
+    torch.testing.assert_close(attribute(x[perm], target[perm], **options), whole[perm])
+    single = torch.cat([attribute(x[i : i + 1], target[i : i + 1], **options) for i in range(n)])
+    torch.testing.assert_close(single, whole)

@@ -15,7 +15,7 @@ from torch import nn
 from attrib.methods.occlusion import Occlusion
 from attrib.perturb.blur import gaussian_blur
 
-from .models import ResidualBNNet, Spec, TwoInputNet, build, inputs_for, reinitialise, specs
+from .models import ResidualBNNet, Spec, TwoInputNet, assert_batch_invariant, build, inputs_for, reinitialise, specs
 from .reference import as_float64
 from .test_differential import assert_close_rel
 from .test_state import Tripwire, assert_same, snapshot, untidy
@@ -203,13 +203,7 @@ def test_batch_equivariant_and_independent_of_batch_size(spec, n, data):
     window = data.draw(st.integers(1, spec.size))
     options = {"window": window, "stride": data.draw(st.integers(1, window))}
     occlusion = Occlusion(model)
-    whole = occlusion.attribute(x, target, batch_size=None, **options)
-    for batch_size in (1, 7, "auto"):
-        torch.testing.assert_close(occlusion.attribute(x, target, batch_size=batch_size, **options), whole)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))
-    torch.testing.assert_close(occlusion.attribute(x[perm], target[perm], **options), whole[perm])
-    single = torch.cat([occlusion.attribute(x[i : i + 1], target[i : i + 1], **options) for i in range(n)])
-    torch.testing.assert_close(single, whole)
+    assert_batch_invariant(occlusion.attribute, x, target, (1, 7, "auto"), spec.seed, **options)
 
 
 def test_top1_target_and_k_targets_come_from_the_same_passes():

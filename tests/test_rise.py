@@ -17,7 +17,7 @@ from torchray.attribution.rise import rise as torchray_rise
 from attrib.methods.rise import RISE
 from attrib.perturb.rise_masks import RiseMasks
 
-from .models import ResidualBNNet, Spec, build, inputs_for, reinitialise, specs
+from .models import ResidualBNNet, Spec, assert_batch_invariant, build, inputs_for, reinitialise, specs
 from .reference import as_float64
 from .test_differential import assert_close_rel
 from .test_state import Tripwire, assert_same, snapshot, untidy
@@ -250,13 +250,7 @@ def test_batch_equivariant_and_independent_of_batch_size(spec, n, data):
     target = torch.tensor(data.draw(st.lists(st.integers(0, spec.classes - 1), min_size=n, max_size=n)))
     options = {"num_masks": 30, "num_cells": data.draw(st.integers(1, 5)), "seed": spec.seed}
     rise = RISE(model)
-    whole = rise.attribute(x, target, batch_size=None, **options)
-    for batch_size in (2, 13, "auto"):
-        torch.testing.assert_close(rise.attribute(x, target, batch_size=batch_size, **options), whole)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))
-    torch.testing.assert_close(rise.attribute(x[perm], target[perm], **options), whole[perm])
-    single = torch.cat([rise.attribute(x[i : i + 1], target[i : i + 1], **options) for i in range(n)])
-    torch.testing.assert_close(single, whole)
+    assert_batch_invariant(rise.attribute, x, target, (2, 13, "auto"), spec.seed, **options)
 
 
 def test_every_target_comes_from_the_same_forward_passes():
