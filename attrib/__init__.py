@@ -26,11 +26,16 @@ from .methods import (
     AblationCAM,
     ContrastiveExcitationBackprop,
     Deconvnet,
+    DeepLift,
+    DeepLiftShap,
     EigenCAM,
     ExcitationBackprop,
     ExtremalPerturbation,
+    FeatureAblation,
+    FeaturePermutation,
     GradCAM,
     GradCAMPlusPlus,
+    GradientShap,
     GuidedBackprop,
     GuidedGradCAM,
     HiResCAM,
@@ -42,6 +47,7 @@ from .methods import (
     Occlusion,
     Saliency,
     ScoreCAM,
+    ShapleyValueSampling,
     XGradCAM,
 )
 from .perturbation_attribution import PerturbationAttribution
@@ -52,6 +58,12 @@ from .targets import Target, TargetLike
 __version__ = "0.2.0"
 
 __all__ = [
+    "ShapleyValueSampling",
+    "GradientShap",
+    "FeaturePermutation",
+    "FeatureAblation",
+    "DeepLiftShap",
+    "DeepLift",
     "RISE",
     "AblationCAM",
     "Attribution",

@@ -6,14 +6,19 @@
 * layers: :mod:`.cam` (Grad-CAM and the gradient CAMs, LinearApprox), :mod:`.score_cam`
   (ScoreCAM, AblationCAM), :mod:`.eigen_cam`, :mod:`.guided_grad_cam`, :mod:`.excitation`
   (excitation backprop and its contrastive form);
-* perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`.
+* reference-based: :mod:`.deeplift` (DeepLift, DeepLiftShap), :mod:`.gradient_shap`;
+* perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`;
+* feature groups: :mod:`.feature_ablation` (FeatureAblation, FeaturePermutation), :mod:`.shapley`.
 """
 
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, HiResCAM, LayerCAM, LinearApprox, XGradCAM
+from .deeplift import DeepLift, DeepLiftShap
 from .eigen_cam import EigenCAM
 from .excitation import ContrastiveExcitationBackprop, ExcitationBackprop
 from .extremal import ExtremalPerturbation
+from .feature_ablation import FeatureAblation, FeaturePermutation
 from .gradient import InputXGradient, Saliency
+from .gradient_shap import GradientShap
 from .guided_grad_cam import GuidedGradCAM
 from .integrated_gradients import IntegratedGradients
 from .modified_backprop import Deconvnet, GuidedBackprop
@@ -21,8 +26,15 @@ from .noise_tunnel import NoiseTunnel
 from .occlusion import Occlusion
 from .rise import RISE
 from .score_cam import AblationCAM, ChannelScoreCAM, ScoreCAM
+from .shapley import ShapleyValueSampling
 
 __all__ = [
+    "ShapleyValueSampling",
+    "GradientShap",
+    "FeaturePermutation",
+    "FeatureAblation",
+    "DeepLiftShap",
+    "DeepLift",
     "RISE",
     "AblationCAM",
     "ChannelScoreCAM",
