@@ -53,7 +53,7 @@ from .methods import (
 from .perturbation_attribution import PerturbationAttribution
 from .postprocess import GaussianSmooth, MinMaxNormalize, PercentileClip, ReduceChannels, Resize, Step
 from .rules import BackwardRule, DeconvReLU, GuidedReLU, UnsupportedModelError
-from .targets import Target, TargetLike
+from .targets import Neuron, Target, TargetLike
 
 __version__ = "0.2.0"
 
@@ -90,6 +90,7 @@ __all__ = [
     "LinearApprox",
     "MapStore",
     "MinMaxNormalize",
+    "Neuron",
     "NoiseTunnel",
     "Occlusion",
     "PercentileClip",

@@ -10,6 +10,9 @@ scores per example) and attributes that score. ``target`` may be:
 * an ``(N, K)`` integer tensor (or nested sequence): ``K`` classes per example.
   Results gain a ``K`` dimension after ``N``; ``result[:, k]`` equals the
   single-target result for ``target[:, k]``.
+* a :class:`Neuron` ``(layer, index)``: one unit (or the sum of a slice of
+  units, or a callable's score) of an inner layer's output, instead of a
+  class; every method explains it (gradients, DeepLift, perturbations, ...).
 * a callable ``output -> (R,)`` (or ``(R, K)``) score tensor: intermediate or
   multi-label scores, segmentation regions, custom rewards. It must act row by
   row, because methods call it on blocks of perturbed or interpolated copies.
@@ -31,18 +34,101 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .core import probes
 from .core.forward import tensor_output
 
 TargetLike = Union[
-    None, int, Sequence[int], Sequence[Sequence[int]], Tensor, np.ndarray, Callable[[Tensor], Tensor], "Target"
+    None,
+    int,
+    Sequence[int],
+    Sequence[Sequence[int]],
+    Tensor,
+    np.ndarray,
+    Callable[[Tensor], Tensor],
+    "Neuron",
+    "Target",
 ]
 
 _EXPECTED = (
     "expected None, an int class index, a sequence or 1-D integer tensor of length N, "
-    "an (N, K) integer tensor, or a callable output -> (N,) scores"
+    "an (N, K) integer tensor, a Neuron(layer, index), or a callable output -> (N,) scores"
 )
+
+NeuronIndex = int | slice | tuple[int | slice, ...] | Callable[[Tensor], Tensor]
+"""Which unit of a layer's output ``(N, *shape)``: an index (tuple) over ``shape``, slices, or a callable."""
+
+
+class Neuron:
+    """A target that is one unit of an inner layer instead of a class: ``Neuron(layer, index)``.
+
+    The score of example ``n`` is read off the output ``A`` ``(N, *shape)``
+    that ``layer`` gives in the method's own forward pass:
+
+    * ``index`` an int or a tuple of ints over ``shape``: :math:`A[n, i_1, ..., i_d]`
+      (fewer indices than dimensions select a sub-tensor, which is summed);
+    * a tuple holding slices (or one slice): the sum of the selected units, as Captum;
+    * a callable ``A -> (N,)``: any score of the layer's output (e.g. a channel's mean).
+
+    Every method takes it as its ``target`` (gradients, IntegratedGradients,
+    DeepLift, Occlusion, Shapley sampling, ...), which replaces Captum's
+    separate ``Neuron*`` classes: ``Saliency(model).attribute(x,
+    target=Neuron(model.layer3, (5, 2, 2)))`` is Captum's ``NeuronGradient``.
+    The layer must be a module of the explained model that runs exactly once
+    per forward pass and returns one Tensor. The layer is watched only while
+    the method's forward passes run, by a hook removed after each pass.
+
+    Example:
+        >>> maps = attrib.IntegratedGradients(model).attribute(images, target=attrib.Neuron(model.fc1, 7))
+        >>> channel = attrib.Neuron(model.layer4, lambda a: a[:, 12].mean((1, 2)))
+    """
+
+    def __init__(self, layer: nn.Module, index: NeuronIndex) -> None:
+        if not isinstance(layer, nn.Module):
+            raise TypeError(
+                f"Neuron's layer must be an nn.Module of the explained model (e.g. model.layer3), "
+                f"got {type(layer).__name__}"
+            )
+        if not callable(index):
+            parts = index if isinstance(index, tuple) else (index,)
+            if not parts or not all(isinstance(i, slice) or _is_index(i) for i in parts):
+                raise TypeError(
+                    "Neuron's index must be an int, a slice, a non-empty tuple of ints and slices over the layer's "
+                    f"non-batch dimensions, or a callable layer_output -> (N,) scores; got {index!r}"
+                )
+        self.layer = layer
+        self.index = index
+
+    def __repr__(self) -> str:
+        index = getattr(self.index, "__name__", "callable") if callable(self.index) else repr(self.index)
+        return f"Neuron({type(self.layer).__name__}, {index})"
+
+    def scores(self, activation: Tensor) -> Tensor:
+        """The ``(R,)`` scores of a layer output block ``(R, *shape)``."""
+        if callable(self.index):
+            return self.index(activation)
+        parts = self.index if isinstance(self.index, tuple) else (self.index,)
+        if len(parts) > activation.dim() - 1:
+            raise ValueError(
+                f"Neuron index {self.index!r} has {len(parts)} entries, but the layer's output "
+                f"{tuple(activation.shape)} has only {activation.dim() - 1} non-batch dimensions"
+            )
+        try:
+            selected = activation[(slice(None),) + tuple(parts)]
+        except IndexError as err:
+            raise ValueError(
+                f"Neuron index {self.index!r} is out of range for the layer's output {tuple(activation.shape)} ({err})"
+            ) from None
+        return selected if selected.dim() == 1 else selected.flatten(1).sum(1)
+
+    def _from_pass(self, output: Any) -> Tensor:
+        """The scores of the forward pass that produced ``output`` (the layer's recorded output)."""
+        return self.scores(probes.take(self.layer, repr(self)))
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def class_scores(output: Tensor) -> Tensor:
@@ -76,12 +162,14 @@ class Target:
         indices: Tensor | None = None,
         fn: Callable[..., Tensor] | None = None,
         checked: bool = False,
+        watched: tuple[nn.Module, ...] = (),
     ) -> None:
-        self.kind = kind  # "index", "predicted", "output", "callable" or "rows"
+        self.kind = kind  # "index", "predicted", "output", "callable", "neuron" or "rows"
         self.n = n
         self.indices = indices
         self.fn = fn
         self._checked = checked
+        self.watched = watched  # inner layers whose outputs the scores read (a Neuron's)
 
     @classmethod
     def of_rows(cls, fn: Callable[[Any, Tensor], Tensor], n: int) -> Target:
@@ -114,7 +202,7 @@ class Target:
             return Target("index", idx.shape[0], idx, checked=self._checked)
         if self.kind == "predicted":
             raise RuntimeError("resolve the top-1 prediction on the clean inputs before selecting rows")
-        return Target(self.kind, example.shape[0], fn=self.fn)
+        return Target(self.kind, example.shape[0], fn=self.fn, watched=self.watched)
 
     def with_prediction(self, clean_output: Callable[[], Tensor]) -> Target:
         """Replace a top-1 target by the classes predicted on the clean inputs.
@@ -136,9 +224,10 @@ class Target:
             output: the model output for ``R`` rows.
             example: ``(R,)`` integer tensor, the example each row belongs to.
         """
-        if self.kind == "callable":
+        if self.kind in ("callable", "neuron"):
             assert self.fn is not None
             # The callable gets the raw output: a tuple, dict or dataclass-like output is fine here.
+            # A neuron's reads its layer's output recorded during the pass that produced ``output``.
             return _checked_callable_scores(self.fn(output), example.shape[0])
         if self.kind == "rows":
             assert self.fn is not None
@@ -194,6 +283,10 @@ def resolve_target(target: TargetLike, n: int, device: torch.device | None = Non
         ValueError: a float, negative, wrong-length or wrongly shaped target.
         TypeError: a target of an unsupported type.
     """
+    if isinstance(target, Neuron):
+        target = Target("neuron", n, fn=target._from_pass, watched=(target.layer,))
+    # Each call names the layers its forward passes must watch (none unless the target is a Neuron).
+    probes.watch(target.watched if isinstance(target, Target) else ())
     if isinstance(target, Target):
         if target.n != n:
             raise ValueError(f"target was resolved for {target.n} examples, but inputs hold N={n}")

@@ -16,11 +16,12 @@ def _gradient(score: Tensor, leaves: tuple[Tensor, ...], retain: bool) -> tuple[
     return tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves))
 
 
-def seed_signals(scores: Tensor, root: Tensor) -> list[Tensor]:
+def seed_signals(scores: Tensor, root: Tensor) -> list[Tensor] | None:
     """The signal each score column gives ``root``: its plain gradient (a one-hot for a class score).
 
-    ``scores`` is ``(R,)`` (one signal) or ``(R, K)`` (``K`` signals); a
-    score that does not depend on ``root`` gives zeros.
+    ``scores`` is ``(R,)`` (one signal) or ``(R, K)`` (``K`` signals). None
+    if the scores are not computed from ``root`` at all (a
+    :class:`attrib.Neuron` target reads an inner layer, not the output).
     """
     columns = [scores] if scores.dim() == 1 else list(scores.unbind(1))
     if root is scores:
@@ -28,7 +29,29 @@ def seed_signals(scores: Tensor, root: Tensor) -> list[Tensor]:
         if scores.dim() == 1:
             return [torch.ones_like(scores)]
         return [eye[j].expand_as(scores) for j in range(len(columns))]
-    return [_gradient(column.sum(), (root,), retain=True)[0] for column in columns]
+    if not scores.requires_grad:  # constant scores: nothing to carry back
+        return [torch.zeros_like(root) for _ in columns]
+    seeds = [torch.autograd.grad(c.sum(), root, retain_graph=True, allow_unused=True)[0] for c in columns]
+    if all(seed is None for seed in seeds):
+        return None
+    return [torch.zeros_like(root) if seed is None else seed for seed in seeds]
+
+
+def rooted_seeds(scores: Tensor, output: object) -> tuple[Tensor, list[Tensor]]:
+    """Where a backward rule starts (the root) and the seed signal of each score column there.
+
+    The root is the model ``output`` the scores were read from, seeded with
+    the scores' plain gradients. A tuple/dict output (read by a callable
+    target) is no single root, and a :class:`attrib.Neuron`'s scores do not
+    come from the output at all: the rule then starts at the scores themselves.
+    """
+    if isinstance(output, Tensor) and output.requires_grad:
+        seeds = seed_signals(scores, output)
+        if seeds is not None:
+            return output, seeds
+    seeds = seed_signals(scores, scores)
+    assert seeds is not None
+    return scores, seeds
 
 
 def backprop(
@@ -61,10 +84,9 @@ def backprop(
         k = scores.shape[1]
         per_target = [_gradient(scores[:, j].sum(), leaves, retain=j < k - 1) for j in range(k)]
         return tuple(torch.stack(grads, dim=1) for grads in zip(*per_target))
-    # A tuple/dict output (read by a callable target) is no single root: the rule then applies from the scores down.
-    root = output if isinstance(output, Tensor) and output.requires_grad else scores
+    root, seeds = rooted_seeds(scores, output)
     carry = GraphBackward(root, leaves, rule, trace)
-    per_seed = [carry(seed) for seed in seed_signals(scores, root)]
+    per_seed = [carry(seed) for seed in seeds]
     if scores.dim() == 1:
         return tuple(per_seed[0])
     return tuple(torch.stack(grads, dim=1) for grads in zip(*per_seed))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .batching import is_out_of_memory
+from .probes import capturing
 
 Model = Callable[..., Tensor]
 """An ``nn.Module`` (preferred: its state is guarded) or any callable returning a Tensor.
@@ -87,7 +88,8 @@ def run_model(model: Model, inputs: tuple[Tensor, ...], args: tuple[Any, ...] = 
     """
     check_device(model, inputs)
     try:
-        output = model(*inputs, *args)
+        with capturing(model):  # the inner layers a Neuron target reads, for this call only
+            output = model(*inputs, *args)
     except RuntimeError as error:
         clearer = _explain_failure(model, inputs, error)
         if clearer is None:

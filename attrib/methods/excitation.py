@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.backprop import seed_signals
+from ..core.backprop import rooted_seeds
 from ..core.batching import BatchSize, check_batch_size, map_blocks
 from ..core.excitation_rules import ExcitationRule
 from ..core.forward import Model, run_model
@@ -228,8 +228,7 @@ class ContrastiveExcitationBackprop(ExcitationBackprop):
             )
         # The scores first: a tuple/dict output needs a callable target, which reads the raw output.
         scores = target.scores(output, example)
-        # The rule applies from the model output down; from the scores where the output is no single Tensor.
-        root = output if isinstance(output, Tensor) and output.requires_grad else scores
+        root, seeds = rooted_seeds(scores, output)
         dual_rule = ExcitationRule(self.rule.eps, negated=(classifier,))
         dual_pass = GraphBackward(root, [contrast], dual_rule, trace)
         main_pass = GraphBackward(root, [activation], self.rule, trace)
@@ -239,7 +238,7 @@ class ContrastiveExcitationBackprop(ExcitationBackprop):
                 f"{self.layer_name!r} must lie on one path from the output down (classifier above contrast above layer)"
             )
         signals = []
-        for seed in seed_signals(scores, root):
+        for seed in seeds:
             (dual,) = dual_pass(seed)
             (signal,) = main_pass(seed, {contrast: dual.neg().add})  # g -> g - dual at the contrast layer
             signals.append(signal)
