@@ -190,3 +190,17 @@ def test_bad_superpixel_arguments_are_refused_by_name():
         superpixel_mask(torch.zeros(1, 3, 8, 8), 4, backend="opencv")
     with pytest.raises(ValueError, match="no scikit-image options"):
         superpixel_mask(torch.zeros(1, 3, 8, 8), 4, backend="torch", sigma=1.0)
+
+
+def test_skimage_backend_with_the_real_library_gives_per_image_segments():
+    """scikit-image is in the vision and dev extras: the default backend runs for real."""
+    images = torch.zeros(2, 3, 32, 32)
+    images[0, 0, :16], images[0, 1, 16:, :16], images[0, 2, 16:, 16:] = 1.0, 1.0, 1.0  # three colour regions
+    images[1, :, :, 16:] = 1.0  # black and white halves
+    ids = superpixel_mask(images, n_segments=8)
+    assert ids.shape == (2, 1, 32, 32) and ids.dtype == torch.long
+    for image_ids in ids:
+        assert 2 <= int(image_ids.unique().numel()) <= 32
+    # Segments follow the edges: no segment straddles the halves of the second image.
+    left, right = ids[1, 0, :, :16], ids[1, 0, :, 16:]
+    assert not set(left.unique().tolist()) & set(right.unique().tolist())
