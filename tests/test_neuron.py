@@ -173,3 +173,16 @@ def test_a_layer_outside_the_model_or_run_twice_is_refused():
 
 def test_repr_names_the_layer_and_index():
     assert repr(Neuron(nn.Linear(2, 2), (1,))) == "Neuron(Linear, (1,))"
+
+
+def test_an_in_place_op_after_the_layer_cannot_change_the_neuron():
+    """Captum's NeuronGradient case: linear1 followed by ReLU(inplace=True), a negative unit."""
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(inplace=True), nn.Linear(2, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.5, -1.0, 2.0]]))
+        model[0].bias.fill_(-20.0)  # the unit is negative: the ReLU would zero it in place
+    x = torch.tensor([[0.0, 5.0, 4.0]])
+    grad = attrib.Saliency(model).attribute(x, target=Neuron(model[0], 0), abs=False)
+    torch.testing.assert_close(grad, torch.ones(1, 3))
+    gain = attrib.DeepLift(model).attribute(x, target=Neuron(model[0], 0)).sum()
+    torch.testing.assert_close(gain, torch.tensor(9.0))  # (0 + 5 + 4 - 20) - (-20)

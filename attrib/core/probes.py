@@ -10,9 +10,11 @@ the calling thread (:func:`watch`); every forward pass goes through
 that one model call only (:func:`capturing`). The scores then take the
 recorded output (:func:`take`), which also drops the reference to it.
 
-Nothing outlives a model call: hooks are removed in ``finally``, act only on
-the calling thread's passes (another thread may run the same model), and
-return None (the forward continues unchanged).
+Nothing outlives a model call: hooks are removed in ``finally`` and act only
+on the calling thread's passes (another thread may run the same model). The
+hook keeps the layer's output and hands the model a copy of it, so an
+in-place operation after the layer (``ReLU(inplace=True)``) cannot overwrite
+what the score reads.
 """
 
 from __future__ import annotations
@@ -61,15 +63,16 @@ def capturing(model: object) -> Iterator[None]:
     owner = threading.get_ident()
     handles = []
 
-    def record(module: nn.Module, args: Any, output: Any) -> None:
+    def record(module: nn.Module, args: Any, output: Any) -> Tensor | None:
         if threading.get_ident() != owner:
-            return
+            return None
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"a Neuron target needs a layer whose output is one Tensor, but {type(module).__name__} "
                 f"returns {type(output).__name__}; pass a callable neuron on a layer with a Tensor output"
             )
         store.setdefault(id(module), []).append(output)
+        return output.clone()
 
     try:
         for layer in layers:
