@@ -41,7 +41,11 @@ from .methods import (
     HiResCAM,
     InputXGradient,
     IntegratedGradients,
+    LayerActivation,
     LayerCAM,
+    LayerConductance,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
     LinearApprox,
     NoiseTunnel,
     Occlusion,
@@ -58,6 +62,10 @@ from .targets import Neuron, Target, TargetLike
 __version__ = "0.2.0"
 
 __all__ = [
+    "LayerIntegratedGradients",
+    "LayerConductance",
+    "LayerGradientXActivation",
+    "LayerActivation",
     "ShapleyValueSampling",
     "GradientShap",
     "FeaturePermutation",

@@ -43,9 +43,12 @@ class LayerAttribution(Attribution):
 
     Subclasses get :meth:`_layer_gradients`: the layer's output for a block
     of rows and the gradient of the target scores w.r.t. it, with the graph
-    cut at the layer so nothing below it is differentiated; and
+    cut at the layer so nothing below it is differentiated;
+    :meth:`_replaced_gradients`: the same gradient with given values put in
+    place of the layer's output (path methods in layer space);
     :meth:`_layer_activations`: the layer's output and the clean target
-    scores without gradients, ``batch_size`` rows at a time.
+    scores without gradients, ``batch_size`` rows at a time. Each takes
+    ``at_input=True`` to work at the layer's (one positional) input instead.
     """
 
     #: Backward rule applied above the layer, or None for the plain gradient.
@@ -120,33 +123,53 @@ class LayerAttribution(Attribution):
         return infer_layout(self.layer_name, tuple(activation.shape), tuple(rows[0].shape), self.layer, self.reshape)
 
     @contextmanager
-    def _captured(self, replace: Callable[[Tensor], Tensor] | None = None) -> Iterator[list[Tensor]]:
-        """Record the layer's outputs, each turned into a leaf that requires grad.
+    def _captured(
+        self, replace: Callable[[Tensor], Tensor] | None = None, *, at_input: bool = False
+    ) -> Iterator[list[Tensor]]:
+        """Record the layer's outputs (its input with ``at_input``), each turned into a leaf that requires grad.
 
         The model continues with a copy of the leaf, so an in-place op after
         the layer (``ReLU(inplace=True)``) cannot overwrite what was captured.
         With ``replace`` nothing is recorded and the model continues with
-        ``replace(output)`` instead (ablations at the layer).
+        ``replace(output)`` instead (ablations at the layer); with ``at_input``
+        the layer itself gets ``replace(input)``. A layer's input is its one
+        positional argument, which must be a Tensor.
         """
         captured: list[Tensor] = []
         # The hook sits on a module other threads may be running: act only on this thread's forward passes.
         owner = threading.get_ident()
 
-        def hook(module: nn.Module, args: Any, output: Any) -> Tensor | None:
-            if threading.get_ident() != owner:
-                return None
-            if not isinstance(output, Tensor):
+        def swap(value: Any, what: str) -> Tensor:
+            if not isinstance(value, Tensor):
                 raise TypeError(
-                    f"layer {self.layer_name!r} returns {type(output).__name__}; a layer method needs a layer "
-                    "whose output is one Tensor"
+                    f"layer {self.layer_name!r} {what} {type(value).__name__}; a layer method needs a layer "
+                    f"whose {'input' if at_input else 'output'} is one Tensor"
                 )
             if replace is not None:  # nothing is recorded: blocks of replaced outputs do not pile up
-                return replace(output.detach())
-            leaf = output.detach().requires_grad_(torch.is_grad_enabled() and output.is_floating_point())
+                return replace(value.detach())
+            leaf = value.detach().requires_grad_(torch.is_grad_enabled() and value.is_floating_point())
             captured.append(leaf)
             return leaf.clone()
 
-        handle = self.layer.register_forward_hook(hook)
+        def hook(module: nn.Module, args: Any, output: Any) -> Tensor | None:
+            if threading.get_ident() != owner:
+                return None
+            return swap(output, "returns")
+
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Tensor] | None:
+            if threading.get_ident() != owner:
+                return None
+            if len(args) != 1:
+                raise TypeError(
+                    f"layer {self.layer_name!r} is called with {len(args)} positional inputs; attributing to a "
+                    "layer's input needs a layer called with one Tensor"
+                )
+            return (swap(args[0], "is called with"),)
+
+        if at_input:
+            handle = self.layer.register_forward_pre_hook(pre_hook)
+        else:
+            handle = self.layer.register_forward_hook(hook)
         try:
             yield captured
         finally:
@@ -161,21 +184,83 @@ class LayerAttribution(Attribution):
         return captured[0]
 
     def _layer_gradients(
-        self, rows: tuple[Tensor, ...], args: tuple[Any, ...], target: Target, example: Tensor
+        self,
+        rows: tuple[Tensor, ...],
+        args: tuple[Any, ...],
+        target: Target,
+        example: Tensor,
+        *,
+        at_input: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Activations ``(R, ...)`` of the layer and the gradients of the target scores w.r.t. them.
 
-        The gradient is ``(R, ...)``, or ``(R, K, ...)`` for ``K`` scores per row.
+        The gradient is ``(R, ...)``, or ``(R, K, ...)`` for ``K`` scores per
+        row. With ``at_input`` both are taken at the layer's input instead.
         """
         self._ensure_layer(rows, args)
-        with self._captured() as captured, recording(self.rule) as trace:
+        with self._captured(at_input=at_input) as captured, recording(self.rule) as trace:
             output = run_model(self.model, rows, args)
         activation = self._single(captured)
+        self._check_differentiable(activation, at_input)
         (grad,) = backprop(target.scores(output, example), (activation,), self.rule, output=output, trace=trace)
         return activation.detach(), grad
 
+    def _check_differentiable(self, value: Tensor, at_input: bool) -> None:
+        """A TypeError if the layer's value has no gradient to take (token ids at an embedding's input)."""
+        if not value.is_floating_point():
+            where = "input" if at_input else "output"
+            raise TypeError(
+                f"layer {self.layer_name!r} has an {where} of dtype {value.dtype}, which has no gradient; attribute "
+                "to a floating-point value (for token ids: the embedding's output, not its input)"
+            )
+
+    def _replaced_gradients(
+        self,
+        rows: tuple[Tensor, ...],
+        args: tuple[Any, ...],
+        target: Target,
+        example: Tensor,
+        values: Tensor,
+        *,
+        at_input: bool = False,
+    ) -> Tensor:
+        """Gradients of the target scores w.r.t. ``values`` put in place of the layer's output (input).
+
+        The model runs on ``rows``; where the layer's output (its input with
+        ``at_input``) would be, it continues with ``values`` ``(R, ...)``
+        instead. Returns ``(R, ...)``, or ``(R, K, ...)`` for ``K`` scores per row.
+        """
+        self._ensure_layer(rows, args)
+        leaf = values.detach().requires_grad_(True)
+        calls: list[None] = []
+
+        def substitute(original: Tensor) -> Tensor:
+            if original.shape != leaf.shape:
+                raise ValueError(
+                    f"layer {self.layer_name!r} gave shape {tuple(original.shape)} where the values put in its "
+                    f"place have shape {tuple(leaf.shape)}; the layer must give the same shape for every call"
+                )
+            calls.append(None)
+            return leaf.clone()  # in-place ops after the layer may then change the copy, never the leaf
+
+        with self._captured(replace=substitute, at_input=at_input), recording(self.rule) as trace:
+            output = run_model(self.model, rows, args)
+        if len(calls) != 1:
+            raise ValueError(
+                f"layer {self.layer_name!r} ran {len(calls)} times in one forward pass; "
+                "choose a layer that runs exactly once"
+            )
+        (grad,) = backprop(target.scores(output, example), (leaf,), self.rule, output=output, trace=trace)
+        return grad
+
     def _layer_activations(
-        self, batch: InputBatch, args: ForwardArgs, batch_size: BatchSize, target: TargetLike
+        self,
+        batch: InputBatch,
+        args: ForwardArgs,
+        batch_size: BatchSize,
+        target: TargetLike,
+        *,
+        at_input: bool = False,
     ) -> tuple[Tensor, Target, Tensor]:
         """The layer's output ``(N, ...)``, the resolved ``target`` and its clean scores, without gradients.
 
@@ -184,25 +269,73 @@ class LayerAttribution(Attribution):
         callable target gets the raw output (a tuple, dict or dataclass-like
         output is fine there); any other target needs a Tensor output, and
         :func:`attrib.core.forward.tensor_output` says so otherwise. The scores
-        are ``(N,)``, or ``(N, K)`` for ``K`` targets per example.
+        are ``(N,)``, or ``(N, K)`` for ``K`` targets per example. With
+        ``at_input`` the layer's input is returned instead of its output.
         """
         self._ensure_layer(batch.block(0, 1), args.block(0, 1))
         resolved = resolve_target(target, batch.n, batch.device)
         top1 = resolved.kind == "predicted"
 
-        def run(start: int, stop: int) -> tuple[Tensor, Tensor]:
-            with self._captured() as captured:
-                output = run_model(self.model, batch.block(start, stop), args.block(start, stop))
-            activation = self._single(captured).detach()
+        def reduce(output: Tensor, start: int, stop: int) -> Tensor:
             if top1:  # the predicted class is known only once every block has run
-                return activation, _clean_scores(output)
-            return activation, resolved.scores(output, torch.arange(start, stop, device=batch.device)).detach()
+                return _clean_scores(output)
+            return resolved.scores(output, torch.arange(start, stop, device=batch.device)).detach()
 
-        with self._guard(), torch.no_grad():
-            blocks = map_blocks(batch.n, batch_size, run)
-        activations, parts = zip(*blocks)
-        scores = torch.cat(parts)
+        activations, reduced = self._forward_layer(batch, args, batch_size, reduce, at_input=at_input)
+        assert reduced is not None
+        scores: Tensor = reduced
         if top1:
             resolved = resolved.with_prediction(lambda: scores)
             scores = resolved.scores(scores, torch.arange(batch.n, device=scores.device))
-        return torch.cat(activations), resolved, scores
+        return activations, resolved, scores
+
+    def _forward_layer(
+        self,
+        batch: InputBatch,
+        args: ForwardArgs,
+        batch_size: BatchSize,
+        reduce: Callable[[Tensor, int, int], Tensor] | None = None,
+        *,
+        at_input: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The layer's output (input with ``at_input``) ``(N, ...)`` without gradients, and optionally
+        ``reduce(output, start, stop)`` of each block's model output, concatenated (None without ``reduce``)."""
+
+        self._ensure_layer(batch.block(0, 1), args.block(0, 1))
+
+        def run(start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+            with self._captured(at_input=at_input) as captured:
+                output = run_model(self.model, batch.block(start, stop), args.block(start, stop))
+            activation = self._single(captured).detach()
+            return activation, None if reduce is None else reduce(output, start, stop)
+
+        with self._guard(), torch.no_grad():
+            blocks = map_blocks(batch.n, batch_size, run)
+        activations = [a for a, _ in blocks]
+        reduced = [r for _, r in blocks if r is not None]
+        return torch.cat(activations), torch.cat(reduced) if reduced else None
+
+
+class ExplicitLayerAttribution(LayerAttribution):
+    """Base of the methods that attribute to a named layer's output or input (Captum's layer family).
+
+    Unlike the CAMs these need no spatial layout, so there is nothing to
+    choose a layer by: ``layer`` (a dotted name or a sub-module) is required.
+
+    Args:
+        model: the ``nn.Module`` to explain.
+        layer: a dotted name (``"embedding"``, ``"layer3.1"``) or a sub-module of ``model``.
+        eval_mode: as for :class:`attrib.Attribution`.
+    """
+
+    def __init__(self, model: Model, layer: str | nn.Module, *, eval_mode: bool = True) -> None:
+        if layer is None:
+            raise TypeError(f"{type(self).__name__} needs layer=, a dotted module name or a sub-module of the model")
+        super().__init__(model, layer, eval_mode=eval_mode)
+
+
+def bool_option(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else a TypeError naming the option ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

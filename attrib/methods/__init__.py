@@ -6,6 +6,8 @@
 * layers: :mod:`.cam` (Grad-CAM and the gradient CAMs, LinearApprox), :mod:`.score_cam`
   (ScoreCAM, AblationCAM), :mod:`.eigen_cam`, :mod:`.guided_grad_cam`, :mod:`.excitation`
   (excitation backprop and its contrastive form);
+* layer attribution (Captum's): :mod:`.layer_integrated_gradients` (LayerIntegratedGradients,
+  LayerConductance), :mod:`.layer_activation` (LayerActivation, LayerGradientXActivation);
 * reference-based: :mod:`.deeplift` (DeepLift, DeepLiftShap), :mod:`.gradient_shap`;
 * perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`;
 * feature groups: :mod:`.feature_ablation` (FeatureAblation, FeaturePermutation), :mod:`.shapley`.
@@ -21,6 +23,8 @@ from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .guided_grad_cam import GuidedGradCAM
 from .integrated_gradients import IntegratedGradients
+from .layer_activation import LayerActivation, LayerGradientXActivation
+from .layer_integrated_gradients import LayerConductance, LayerIntegratedGradients
 from .modified_backprop import Deconvnet, GuidedBackprop
 from .noise_tunnel import NoiseTunnel
 from .occlusion import Occlusion
@@ -29,6 +33,10 @@ from .score_cam import AblationCAM, ChannelScoreCAM, ScoreCAM
 from .shapley import ShapleyValueSampling
 
 __all__ = [
+    "LayerIntegratedGradients",
+    "LayerConductance",
+    "LayerGradientXActivation",
+    "LayerActivation",
     "ShapleyValueSampling",
     "GradientShap",
     "FeaturePermutation",
