@@ -396,3 +396,15 @@ def test_channels_last_inputs_give_the_same_maps(name: str) -> None:
     expected = method.factory(model).attribute(x, **{"target": 1, **method.options})
     got = method.factory(model).attribute(x.to(memory_format=torch.channels_last), **{"target": 1, **method.options})
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("baselines", [0.5, torch.tensor([[0.0, 1.5, 2.0]]), float("nan")])
+def test_fractional_baselines_for_token_ids_are_refused_not_truncated(baselines):
+    from attrib.methods.feature_ablation import FeatureAblation
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 2), torch.nn.Flatten(), torch.nn.Linear(6, 2))
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="whole numbers"):
+        FeatureAblation(model).attribute(ids, target=0, baselines=baselines)
+    # Whole numbers in any dtype are fine (a pad id).
+    assert FeatureAblation(model).attribute(ids, target=0, baselines=torch.tensor([[0.0, 0.0, 0.0]])).shape == (1, 3)

@@ -268,7 +268,7 @@ def test_bad_feature_masks_are_refused_by_name(name, mask, error, words):
 
 def test_other_bad_arguments_are_refused_by_name():
     model, ids = TokenNet(), torch.tensor([[1, 2, 3, 4, 5]] * 2)
-    with pytest.raises(ValueError, match="integer ids for the integer input"):
+    with pytest.raises(ValueError, match="whole numbers"):
         FeatureAblation(model).attribute(ids, 0, baselines=0.5)
     with pytest.raises(ValueError, match="N >= 2"):
         FeaturePermutation(SmoothNet()).attribute(torch.zeros(1, 6), 0)

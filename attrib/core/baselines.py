@@ -22,8 +22,13 @@ def as_baselines(baselines: Any, batch: InputBatch) -> tuple[Tensor, ...]:
     the input's shape, ``(1, ...)``, or any shape that broadcasts to it. For
     tuple inputs pass a tuple with one such entry per input.
 
+    For an integer input (token ids) the baseline must be integral too (a pad
+    or mask id): ``0.5`` or a float tensor with fractions would be truncated
+    silently, so it is refused.
+
     Raises:
-        ValueError: a tuple of the wrong length or a tensor that does not broadcast.
+        ValueError: a tuple of the wrong length, a tensor that does not broadcast,
+            or a fractional baseline for an integer input.
         TypeError: an entry of an unsupported type.
     """
     inputs = batch.tensors
@@ -40,7 +45,10 @@ def as_baselines(baselines: Any, batch: InputBatch) -> tuple[Tensor, ...]:
         label = "baselines" if len(inputs) == 1 else f"baselines[{i}]"
         if entry is None:
             out.append(torch.zeros_like(x))
-        elif isinstance(entry, numbers.Real) and not isinstance(entry, bool):
+            continue
+        if not x.is_floating_point() and not x.is_complex():
+            _check_integral(entry, label, x.dtype)
+        if isinstance(entry, numbers.Real) and not isinstance(entry, bool):
             out.append(torch.full_like(x, float(entry)))
         elif isinstance(entry, Tensor):
             try:  # expand_as succeeds exactly when the entry broadcasts to the input's shape
@@ -52,3 +60,18 @@ def as_baselines(baselines: Any, batch: InputBatch) -> tuple[Tensor, ...]:
         else:
             raise TypeError(f"{label} has unsupported type {type(entry).__name__}; {_EXPECTED}")
     return tuple(out)
+
+
+def _check_integral(entry: object, label: str, dtype: torch.dtype) -> None:
+    """Refuse a baseline with fractions for an integer input, which a cast would truncate silently."""
+    if isinstance(entry, numbers.Real) and not isinstance(entry, bool):
+        fractional = not float(entry).is_integer()
+    elif isinstance(entry, Tensor) and (entry.is_floating_point() or entry.is_complex()):
+        fractional = bool((entry != entry.round()).any()) if entry.is_floating_point() else True
+    else:
+        return
+    if fractional:
+        raise ValueError(
+            f"{label} must hold whole numbers for an input of dtype {dtype} (token ids: a pad or mask id), "
+            "got fractional values that would be truncated"
+        )

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .baselines import as_baselines
 from .inputs import InputBatch
 
 _EXPECTED = (
@@ -263,28 +262,3 @@ def _checked_mask(mask: object, x: Tensor, label: str, device: torch.device) -> 
     if low < 0:
         raise ValueError(f"{label} ids must be >= 0, got minimum {low}")
     return full
-
-
-def as_feature_baselines(baselines: object, batch: InputBatch) -> tuple[Tensor, ...]:
-    """:func:`~attrib.core.baselines.as_baselines`, also for non-floating inputs (token ids).
-
-    For an integer input the baseline must hold integers of its dtype (a pad
-    or mask token id); a fractional baseline, which would be truncated
-    silently, is refused.
-
-    Raises:
-        ValueError: a fractional baseline for an integer input (and what ``as_baselines`` raises).
-    """
-    entries = baselines if isinstance(baselines, (tuple, list)) else (baselines,) * len(batch.tensors)
-    if len(entries) == len(batch.tensors):
-        for i, (entry, x) in enumerate(zip(entries, batch.tensors)):
-            if x.is_floating_point() or entry is None:
-                continue
-            label = "baselines" if len(batch.tensors) == 1 else f"baselines[{i}]"
-            if isinstance(entry, Tensor) and (entry.is_floating_point() or entry.is_complex()):
-                fractional = not bool((entry == entry.real.round()).all())
-            else:
-                fractional = isinstance(entry, float) and not entry.is_integer()
-            if fractional:
-                raise ValueError(f"{label} must hold integer ids for the integer input ({x.dtype}), got fractions")
-    return as_baselines(baselines, batch)

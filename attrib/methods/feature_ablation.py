@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.baselines import as_baselines
 from ..core.batching import BatchSize, check_batch_size
-from ..core.features import as_feature_baselines, as_feature_groups
+from ..core.features import as_feature_groups
 from ..core.inputs import InputsLike, as_forward_args, as_input_batch
 from ..core.randomness import make_generator
 from ..perturbation_attribution import PerturbationAttribution
@@ -64,7 +65,7 @@ class FeatureAblation(PerturbationAttribution):
         args = as_forward_args(additional_forward_args, batch.n)
         batch_size = check_batch_size(batch_size)
         groups = as_feature_groups(feature_mask, batch)
-        fills = as_feature_baselines(baselines, batch)
+        fills = as_baselines(baselines, batch)
 
         def perturb(example: Tensor, copy: Tensor) -> tuple[Tensor, ...]:
             return groups.ablate(copy - 1, example, batch.tensors, fills)  # copy 0: feature -1, the clean input
