@@ -41,11 +41,13 @@ from .methods import (
     HiResCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
     LayerActivation,
     LayerCAM,
     LayerConductance,
     LayerGradientXActivation,
     LayerIntegratedGradients,
+    Lime,
     LinearApprox,
     NoiseTunnel,
     Occlusion,
@@ -62,6 +64,8 @@ from .targets import Neuron, Target, TargetLike
 __version__ = "0.2.0"
 
 __all__ = [
+    "Lime",
+    "KernelShap",
     "LayerIntegratedGradients",
     "LayerConductance",
     "LayerGradientXActivation",

@@ -10,7 +10,8 @@
   LayerConductance), :mod:`.layer_activation` (LayerActivation, LayerGradientXActivation);
 * reference-based: :mod:`.deeplift` (DeepLift, DeepLiftShap), :mod:`.gradient_shap`;
 * perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`;
-* feature groups: :mod:`.feature_ablation` (FeatureAblation, FeaturePermutation), :mod:`.shapley`.
+* feature groups: :mod:`.feature_ablation` (FeatureAblation, FeaturePermutation), :mod:`.shapley`,
+  :mod:`.lime` (Lime and the coalition-surrogate base), :mod:`.kernel_shap`.
 """
 
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, HiResCAM, LayerCAM, LinearApprox, XGradCAM
@@ -23,8 +24,10 @@ from .gradient import InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .guided_grad_cam import GuidedGradCAM
 from .integrated_gradients import IntegratedGradients
+from .kernel_shap import KernelShap
 from .layer_activation import LayerActivation, LayerGradientXActivation
 from .layer_integrated_gradients import LayerConductance, LayerIntegratedGradients
+from .lime import Lime
 from .modified_backprop import Deconvnet, GuidedBackprop
 from .noise_tunnel import NoiseTunnel
 from .occlusion import Occlusion
@@ -33,6 +36,8 @@ from .score_cam import AblationCAM, ChannelScoreCAM, ScoreCAM
 from .shapley import ShapleyValueSampling
 
 __all__ = [
+    "Lime",
+    "KernelShap",
     "LayerIntegratedGradients",
     "LayerConductance",
     "LayerGradientXActivation",
