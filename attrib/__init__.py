@@ -8,13 +8,15 @@ Every method is an :class:`Attribution`; methods compose with ``.then(steps)``
 (post-processing), ``*`` (products) and :class:`NoiseTunnel` (noise averaging).
 The bases are :class:`GradientAttribution`, :class:`LayerAttribution` and
 :class:`PerturbationAttribution`; backward rules (:class:`BackwardRule`)
-redefine how the backward pass runs through the graph. Metrics live in
+redefine how the backward pass runs through the graph, and :mod:`attrib.lrp`
+holds LRP's rules and composites. A :class:`Neuron` target explains an inner
+unit instead of a class. Metrics live in
 :mod:`attrib.metrics`, perturbation building blocks in :mod:`attrib.perturb`,
 the shipped benchmark data and models in :mod:`attrib.data`, pictures in
 :mod:`attrib.viz`, dataset-scale runs in :mod:`attrib.dataset`.
 """
 
-from . import metrics, perturb
+from . import lrp, metrics, perturb
 from .attribution import Attribution
 from .compose import Pipeline, Product
 from .core.inputs import InputsLike
@@ -22,6 +24,7 @@ from .dataset import MapStore, SettingsMismatchError, evaluate_dataset, explain_
 from .gradient_attribution import GradientAttribution
 from .layer_attribution import LayerAttribution
 from .methods import (
+    LRP,
     RISE,
     AblationCAM,
     ContrastiveExcitationBackprop,
@@ -64,6 +67,7 @@ from .targets import Neuron, Target, TargetLike
 __version__ = "0.2.0"
 
 __all__ = [
+    "LRP",
     "Lime",
     "KernelShap",
     "LayerIntegratedGradients",
@@ -121,6 +125,7 @@ __all__ = [
     "XGradCAM",
     "evaluate_dataset",
     "explain_dataset",
+    "lrp",
     "metrics",
     "perturb",
 ]

@@ -103,7 +103,7 @@ PASS_THROUGH = frozenset(
         "AddBackward1",  # x + constant: the constant takes no share
     }
 )
-_NORMALISATIONS = frozenset(
+NORMALISATIONS = frozenset(
     {
         "NativeBatchNormBackward0",
         "CudnnBatchNormBackward0",
@@ -112,7 +112,7 @@ _NORMALISATIONS = frozenset(
         "BatchNormBackward0",
     }
 )
-_POOLS = frozenset(
+POOLS = frozenset(
     {
         "AvgPool2DBackward0",
         "AvgPool3DBackward0",
@@ -120,7 +120,7 @@ _POOLS = frozenset(
         "AdaptiveAvgPool3DBackward0",
     }
 )
-_MEANS = frozenset({"MeanBackward0", "MeanBackward1"})
+MEANS = frozenset({"MeanBackward0", "MeanBackward1"})
 _PRODUCTS = frozenset({"AddmmBackward0", "MmBackward0"})
 _SUMS = frozenset({"AddBackward0"})
 
@@ -144,7 +144,7 @@ class ExcitationRule(BackwardRule):
     """
 
     name = "excitation backprop"
-    recorded = _PRODUCTS | _SUMS | _MEANS
+    recorded = _PRODUCTS | _SUMS | MEANS
 
     def __init__(self, eps: float = 1e-20, negated: Collection[Node] = ()) -> None:
         if not eps >= 0:
@@ -160,9 +160,9 @@ class ExcitationRule(BackwardRule):
             return self._convolution
         if name in _PRODUCTS:
             return self._product
-        if name in _POOLS or name in _MEANS:
+        if name in POOLS or name in MEANS:
             return self._pool
-        if name in _NORMALISATIONS:
+        if name in NORMALISATIONS:
             return _pass_first
         if name in _SUMS:
             return _split_sum
@@ -220,7 +220,7 @@ class ExcitationRule(BackwardRule):
         (p,) = grads
         assert p is not None
         name = node.name()
-        if name in _MEANS:
+        if name in MEANS:
             sizes = tuple(_saved(node, "self_sym_sizes"))
             matching = [t for t in _operands(node, trace) if tuple(t.shape) == sizes]
             if not matching:
@@ -228,7 +228,7 @@ class ExcitationRule(BackwardRule):
             x = matching[0]
         else:
             x = _saved(node, "self")
-        z = _memo(trace, node, "z", lambda: _pooled(name, node, x, p).add_(self.eps))
+        z = _memo(trace, node, "z", lambda: pooled(name, node, x, p).add_(self.eps))
         (g,) = plain_backward(node, (p / z,))
         assert g is not None
         return (g * x,)
@@ -238,7 +238,7 @@ def _memo(trace: ForwardTrace | None, node: Node, key: str, compute: Callable[[]
     return compute() if trace is None else trace.memo(node, key, compute)
 
 
-def _pooled(name: str, node: Node, x: Tensor, p: Tensor) -> Tensor:
+def pooled(name: str, node: Node, x: Tensor, p: Tensor) -> Tensor:
     """The forward of an average pooling or mean node, recomputed from its input."""
     if name == "MeanBackward0":
         return x.mean()

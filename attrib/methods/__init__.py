@@ -8,6 +8,7 @@
   (excitation backprop and its contrastive form);
 * layer attribution (Captum's): :mod:`.layer_integrated_gradients` (LayerIntegratedGradients,
   LayerConductance), :mod:`.layer_activation` (LayerActivation, LayerGradientXActivation);
+* relevance: :mod:`.lrp` (LRP under the composites of :mod:`attrib.lrp`);
 * reference-based: :mod:`.deeplift` (DeepLift, DeepLiftShap), :mod:`.gradient_shap`;
 * perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`;
 * feature groups: :mod:`.feature_ablation` (FeatureAblation, FeaturePermutation), :mod:`.shapley`,
@@ -28,6 +29,7 @@ from .kernel_shap import KernelShap
 from .layer_activation import LayerActivation, LayerGradientXActivation
 from .layer_integrated_gradients import LayerConductance, LayerIntegratedGradients
 from .lime import Lime
+from .lrp import LRP
 from .modified_backprop import Deconvnet, GuidedBackprop
 from .noise_tunnel import NoiseTunnel
 from .occlusion import Occlusion
@@ -36,6 +38,7 @@ from .score_cam import AblationCAM, ChannelScoreCAM, ScoreCAM
 from .shapley import ShapleyValueSampling
 
 __all__ = [
+    "LRP",
     "Lime",
     "KernelShap",
     "LayerIntegratedGradients",
