@@ -15,6 +15,13 @@ centre and random baselines come first; TorchRay's and Captum's
 implementations of the same method follow attrib's row, with the same
 post-processing (abs-max over channels for input gradients) and scored by the
 same metrics. Peer rows are skipped where the peer is not installed.
+
+Extremal perturbation also runs at TorchRay's pointing-game settings, in both
+libraries (areas 0.025, 0.05 and 0.1, masks summed and smoothed by 9% of the
+side, TorchRay's step, sigma and blur scaled to 64 px, its area-weight growth
+1.0035 a step, ``--ep-iters`` steps). RISE also runs with each fixed score
+(softmax, sigmoid, logits) beside the registry's ``score="auto"`` (sigmoid on
+the multi-label shipped models).
 """
 
 from __future__ import annotations
@@ -41,6 +48,61 @@ def _module(model: nn.Module, role: str) -> nn.Module:
     name = preferred_layer(model, role)
     assert name is not None
     return model.get_submodule(name)
+
+
+EP_AREAS = [0.025, 0.05, 0.1]
+"""Extremal perturbation at TorchRay's pointing-game settings: these areas' masks summed, then smoothed."""
+
+
+def _ep_settings(images: Tensor, iters: int) -> dict[str, float | int | list[float]]:
+    """TorchRay's step, sigma and blur (for 224 px) scaled to the images; ``iters`` steps."""
+    scale = images.shape[-1] / 224
+    return {"areas": EP_AREAS, "max_iter": iters, "step": max(1, round(7 * scale)), "sigma": 21 * scale}
+
+
+def _summed(masks: Tensor) -> Tensor:
+    """``(P, A, H, W)`` masks -> ``(P, 1, H, W)``: summed over the areas, smoothed (TorchRay's ``smooth=0.09``)."""
+    from attrib.perturb.blur import gaussian_blur
+
+    return gaussian_blur(masks.sum(1, keepdim=True), 0.09 * masks.shape[-1])
+
+
+def extremal_methods(iters: int) -> dict[str, PeerMethod]:
+    """Extremal perturbation at TorchRay's benchmark settings: attrib's, and TorchRay's if installed."""
+    from attrib.methods.extremal import ExtremalPerturbation
+
+    def ours(m: nn.Module, x: Tensor, c: Tensor) -> Tensor:
+        settings = _ep_settings(x, iters)
+        masks = ExtremalPerturbation(m).attribute(
+            x, c, seed=0, batch_size=256, regul_growth=1.0035, max_blur=20 * x.shape[-1] / 224, **settings
+        )
+        return _summed(masks)
+
+    methods = {"attrib, TorchRay's settings": ours}
+    try:
+        from torchray.attribution.extremal_perturbation import extremal_perturbation
+    except ImportError:
+        return methods
+
+    def theirs(m: nn.Module, x: Tensor, c: Tensor) -> Tensor:
+        settings = _ep_settings(x, iters)
+        masks = [extremal_perturbation(m, x[i : i + 1], int(k), **settings)[0][:, 0] for i, k in enumerate(c.tolist())]
+        for p in m.parameters():  # TorchRay leaves them frozen
+            p.requires_grad_(True)
+        return _summed(torch.stack(masks))
+
+    methods["TorchRay"] = theirs
+    return methods
+
+
+def rise_scores() -> dict[str, PeerMethod]:
+    """attrib's RISE with each fixed score (the registry's row uses ``score="auto"``: sigmoid on these models)."""
+    from attrib.methods.rise import RISE
+
+    def with_score(score: str) -> PeerMethod:
+        return lambda m, x, c: RISE(m).attribute(x, c, num_masks=1000, seed=0, batch_size=256, score=score)
+
+    return {f"attrib, score={s}": with_score(s) for s in ("softmax", "sigmoid", "logits")}
 
 
 def torchray_methods() -> dict[str, PeerMethod]:
@@ -127,6 +189,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--no-peers", action="store_true", help="attrib only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--ep-iters", type=int, default=100,
+                        help="steps of the extremal-perturbation rows at TorchRay's settings (TorchRay's own: 800)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +200,13 @@ def main() -> None:
         for impl, table in (("TorchRay", torchray_methods()), ("Captum", captum_methods())):
             for name, fn in table.items():
                 peers.setdefault(name, {})[impl] = fn
+    if "extremal" in names:
+        extremal = extremal_methods(args.ep_iters)
+        peers.setdefault("extremal", {}).update(
+            extremal if not args.no_peers else {k: v for k, v in extremal.items() if k.startswith("attrib")}
+        )
+    if "rise" in names:
+        peers.setdefault("rise", {}).update(rise_scores())
     start = time.perf_counter()
     rows = localisation_benchmark(args.model or ["shapes-cnn"], names, images=args.images, seed=args.seed,
                                   peers=peers)

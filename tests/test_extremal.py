@@ -14,9 +14,10 @@ from torchray.attribution.extremal_perturbation import extremal_perturbation as 
 from attrib.methods.extremal import ExtremalPerturbation
 from attrib.perturb.mask_generator import MaskGenerator
 from attrib.perturb.pyramid import Perturbation
-from attrib.perturb.rewards import area_penalty, area_thresholds
+from attrib.perturb.rewards import area_penalty
 
 from .models import ResidualBNNet, reinitialise
+from .reference_extremal import extremal_fade
 from .test_state import Tripwire, assert_same, snapshot, untidy
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid")  # inside TorchRay's MaskGenerator
@@ -61,11 +62,11 @@ def test_mask_covers_the_square_the_model_reads_with_about_the_requested_area(va
         areas=[area, 0.3],
         variant=variant,
         perturbation=perturbation,
-        max_iter=40,
+        max_iter=60,
         step=3,
         sigma=4.0,
         max_blur=4.0,
-        learning_rate=0.02,
+        learning_rate=0.03,
         regul_growth=1.05,
         seed=0,
     )
@@ -76,42 +77,50 @@ def test_mask_covers_the_square_the_model_reads_with_about_the_requested_area(va
     for k, a in enumerate([area, 0.3]):
         m = masks[0, k]
         assert abs(float(m.mean()) - a) < 0.07  # soft masks: about the requested area
-        assert float(m[inside].mean()) > 0.8
+        assert float(m[inside].mean()) > 0.75
         assert float(m[~inside].mean()) < float(m[inside].mean()) / 3
     assert float(masks[0, 0][~inside].mean()) < 0.1
 
 
-def test_history_holds_the_reward_and_area_term_of_the_returned_masks():
+def test_history_holds_the_reward_of_the_returned_masks():
     model, x = tiny_net(), images(2)
-    weight, growth, max_iter = 50.0, 1.1, 5
     masks, history = ExtremalPerturbation(model).attribute(
-        x,
-        [0, 2],
-        areas=[0.2, 0.5],
-        **{**FAST, "max_iter": max_iter},
-        jitter=False,
-        regul_weight=weight,
-        regul_growth=growth,
-        return_history=True,
+        x, [0, 2], areas=[0.2, 0.5], **{**FAST, "max_iter": 5}, jitter=False, regul_growth=1.1, return_history=True
     )
-    assert history.shape == (2, 2, 2, max_iter)
-    zeros = torch.tensor(area_thresholds([0.2, 0.5], 144) * 2)
-    penalty = area_penalty(masks.reshape(4, -1), zeros).view(2, 2)
-    torch.testing.assert_close(history[:, :, 1, -1], -weight * growth ** (max_iter - 1) * penalty)
+    assert history.shape == (2, 2, 2, 5) and bool((history[:, :, 1] <= 0).all())
     perturbed = Perturbation(x, max_blur=FAST["max_blur"]).apply(masks.unsqueeze(2))
     scores = model(perturbed.flatten(0, 1)).view(2, 2, 3)
     expected = torch.stack([scores[0, :, 0], scores[1, :, 2]])
     torch.testing.assert_close(history[:, :, 0, -1], expected)
 
 
+@pytest.mark.parametrize(("shape", "step", "sigma"), [((12, 12), 3, 4.0), ((13, 10), 2, 3.5), ((11, 14), 3, 2.0)])
+def test_matches_a_float64_reference(shape, step, sigma):
+    """Masks and history (reward, area term with margins and tie-averaged pulls) against the formula, step by step."""
+    model = tiny_net(5).double()
+    x = torch.rand(2, 3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    classes, areas, max_iter = [0, 2], [0.2, 0.4], 6
+    ours, history = ExtremalPerturbation(model).attribute(
+        x, classes, areas=areas, perturbation="fade", max_iter=max_iter, step=step, sigma=sigma, jitter=False,
+        regul_growth=1.1, return_history=True,
+    )
+    for i, c in enumerate(classes):
+        for k, a in enumerate(areas):
+            mask, expected = extremal_fade(
+                lambda im, c=c: model(im)[0, c], x[i], a, max_iter=max_iter, step=step, sigma=sigma, regul_growth=1.1
+            )
+            torch.testing.assert_close(ours[i, k], mask, atol=1e-6, rtol=0)  # the generator's weights are float32
+            torch.testing.assert_close(history[i, k], expected, atol=1e-4, rtol=1e-6)
+
+
 class TorchRayArea(ExtremalPerturbation):
-    """Measures the area over the padded mask, margins included, as TorchRay does."""
+    """Measures the area over the padded mask, margins included and counted in the area, as TorchRay does."""
 
     def _area_pixels(self, masks: MaskGenerator) -> int:
         return math.prod(masks.shape_out)
 
-    def _area_values(self, masks: MaskGenerator, params: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masks.generate(params)[1].flatten(1)
+    def _area_penalty(self, masks, params, region, mask, zeros, margin):  # noqa: ANN001, ANN202 - the override
+        return area_penalty(masks.generate(params)[1].flatten(1), zeros)
 
 
 @pytest.mark.parametrize("variant", ["preserve", "delete", "dual"])

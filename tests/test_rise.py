@@ -314,9 +314,62 @@ def test_clear_errors(inputs, options, error, message):
 
 def test_softmax_needs_classes():
     with pytest.raises(ValueError, match="score='sigmoid'"):
-        RISE(lambda x: x.sum((1, 2, 3))).attribute(torch.ones(1, 1, 4, 4), num_masks=4, seed=0)
+        RISE(lambda x: x.sum((1, 2, 3))).attribute(torch.ones(1, 1, 4, 4), num_masks=4, seed=0, score="softmax")
     maps = RISE(lambda x: x.sum((1, 2, 3))).attribute(torch.ones(1, 1, 4, 4), num_masks=4, seed=0, score="logits")
     assert maps.shape == (1, 1, 4, 4)
+    auto = RISE(lambda x: x.sum((1, 2, 3)))
+    torch.testing.assert_close(auto.attribute(torch.ones(1, 1, 4, 4), num_masks=4, seed=0), maps)
+    assert auto.chosen_score == "logits"
+
+
+# --- the score: softmax for single-label, sigmoid for multi-label models, "auto" ----------------
+
+
+class TwoObjects(nn.Module):
+    """A multi-label model: class 0's logit reads the left half of the image, class 1's the right half."""
+
+    def __init__(self, multilabel: bool = True) -> None:
+        super().__init__()
+        self.attrib_multilabel = multilabel
+        self.bias = nn.Parameter(torch.tensor([-2.0, -2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        left, right = x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))
+        return 8 * torch.stack([left, right], 1) + self.bias
+
+
+def test_with_the_sigmoid_a_class_map_ignores_the_other_objects_evidence():
+    """On a multi-label model, brightening the right object must not change class 0's map under the sigmoid;
+    under the softmax it does (class 0's probability falls wherever the right object is kept)."""
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    brighter = x.clone()
+    brighter[..., 4:] += 1.0
+    options = {"num_masks": 300, "num_cells": 4, "seed": 0}
+    model = TwoObjects()
+    for score, same in (("sigmoid", True), ("auto", True), ("softmax", False)):
+        a = RISE(model).attribute(x, 0, score=score, **options)
+        b = RISE(model).attribute(brighter, 0, score=score, **options)
+        assert torch.allclose(a, b) is same, score
+
+
+@pytest.mark.parametrize(
+    ("model", "chosen"),
+    [
+        (TwoObjects(multilabel=True), "sigmoid"),  # declared multi-label
+        (TwoObjects(multilabel=False), "softmax"),  # raw logits, several classes
+        (nn.Sequential(TwoObjects(multilabel=False), nn.Softmax(1)), "logits"),  # already probabilities
+        (nn.Sequential(TwoObjects(multilabel=False), nn.Sigmoid()), "softmax"),  # undeclared: can't be told
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 1)), "logits"),  # one class: no softmax across classes
+    ],
+)
+def test_auto_score_picks_from_the_model_and_says_so(model, chosen):
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    method = RISE(model)
+    assert "score" not in repr(method)
+    maps = method.attribute(x, 0, num_masks=20, num_cells=4, seed=0)
+    assert method.chosen_score == chosen and f"score={chosen!r}" in repr(method)
+    torch.testing.assert_close(maps, RISE(model).attribute(x, 0, num_masks=20, num_cells=4, seed=0, score=chosen))
 
 
 # --- memory ----------------------------------------------------------------------------

@@ -34,16 +34,15 @@ def probability_model(model: nn.Module) -> nn.Module:
 def options_for(name: str, model: nn.Module) -> dict[str, Any]:
     """Options a method needs for this kind of model beyond the registry's defaults.
 
-    The shipped models are multi-label (one sigmoid per class), so RISE scores
-    with the sigmoid, as TorchRay does, rather than a softmax across classes;
-    their 64-pixel images make blocks of 256 rows cheap, and extremal
-    perturbation's mask smoothness and blur (TorchRay's, for 224 pixels) are
-    scaled to the model's ``input_size``.
+    The shipped models' 64-pixel images make blocks of 256 rows cheap, and
+    extremal perturbation's mask smoothness and blur (TorchRay's, for 224
+    pixels) are scaled to the model's ``input_size``. (RISE needs nothing
+    here: its ``score="auto"`` scores the multi-label shipped models, which
+    declare ``attrib_multilabel``, with the sigmoid, as ``attrib explain`` and
+    ``attrib run`` do.)
     """
     options: dict[str, Any] = {}
     if getattr(model, "attrib_multilabel", False):
-        if name == "rise":
-            options["score"] = "sigmoid"
         if name in BATCHED:
             options["batch_size"] = 256  # tiny 64-pixel images: big blocks are cheap
     size = getattr(model, "input_size", None)

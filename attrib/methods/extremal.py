@@ -31,22 +31,51 @@ class ExtremalPerturbation(PerturbationAttribution):
     (:class:`attrib.perturb.MaskGenerator`) maximising
 
     .. math::
-        E_t(\bar m) = \rho\big(\Phi(x \otimes m)\big)
-        - \lambda_t\, \frac1P \big\lVert \mathrm{sort}(m) - r_a \big\rVert^2
+        E_t(\bar m) = \rho\big(\Phi(x \otimes m)\big) - \lambda_t\, R_a(m)
 
     where :math:`x \otimes m` blends the image with its perturbed copies
     (:class:`attrib.perturb.Perturbation`; 1 keeps the image), :math:`\rho` is
     the reward of the variant (``preserve``: :math:`\rho(x \otimes m)`;
     ``delete``: :math:`-\rho(x \otimes (1-m))`; ``dual``: both, see
-    :mod:`attrib.perturb.rewards`), and the second term pulls the sorted mask
-    values over the :math:`P = HW` image pixels towards a step with a fraction
-    :math:`a` of ones. Its weight grows geometrically,
-    :math:`\lambda_t = \lambda_0 \gamma^t` (``regul_weight`` 300,
-    ``regul_growth`` 1.0035), so the area constraint tightens as the
-    optimisation proceeds. Parameters start at 1 and follow SGD with momentum
-    (``learning_rate`` 0.01, ``momentum`` 0.9, dampening = momentum) on
-    :math:`-E`, clipped to :math:`[0, 1]` after every step, for ``max_iter``
-    steps. With ``jitter`` each mask's perturbed image is flipped horizontally
+    :mod:`attrib.perturb.rewards`), and :math:`R_a`
+    (:func:`attrib.perturb.rewards.area_penalty`) is the area regulariser:
+
+    .. math::
+        R_a(m) = \frac{1}{P + Q}\Big(\big\lVert \mathrm{sort}(m_{\text{image}}) - r_a \big\rVert^2
+        + \lVert m_{\text{margin}} \rVert^2\Big)
+
+    It pulls the sorted values of the mask on the :math:`P = HW` image pixels
+    towards a step with a fraction :math:`a` of ones, and the mask's :math:`Q`
+    values in a margin around the image (``sigma`` pixels beyond the first and
+    the last parameter on each side) towards 0. The margin term makes a
+    parameter at the border pay for all the pixels it turns on, as one inside
+    does; measured on the image alone, the border is cheaper and the masks
+    drift into the corners (an object at the centre is then missed). The area
+    counts image pixels only, so masks have the area asked for (TorchRay counts
+    the margins in the area and its masks come out larger). Equal mask values
+    share the regulariser's pull (see :func:`~attrib.perturb.rewards.area_penalty`),
+    so the first steps, where all parameters are equal, favour no pixel.
+
+    The weight grows geometrically, :math:`\lambda_t = \lambda_0 \gamma^t`
+    (``regul_weight`` 300, ``regul_growth`` 1.0035), so the area constraint
+    tightens as the optimisation proceeds. Parameters start at 1 (the whole
+    image kept) and follow SGD with momentum (``learning_rate`` 0.01,
+    ``momentum`` 0.9, dampening = momentum) on :math:`-E`, clipped to
+    :math:`[0, 1]` after every step, for ``max_iter`` steps.
+
+    What it converges to: a local maximum of :math:`E` reached from the
+    all-ones mask. Early on the regulariser dominates and every value drops;
+    the pixels whose keeping raises the reward most drop least, rise to the
+    top of the sorted vector and are then pulled to 1, while the rest go to 0.
+    As :math:`\lambda_t` grows the mask becomes nearly binary: about
+    :math:`aHW` pixels near 1 on the image (the smooth parametrisation rounds
+    its edges), 0 elsewhere and in the margins, placed where keeping them
+    (deleting them, for ``delete``) moves the reward most. For a model whose
+    score is the mean of a square of area :math:`a`, that is the square
+    (tested with the fade for squares and rectangles anywhere in the image).
+    It is not a global optimum: when the reward's gradient is weak beside the
+    regulariser's, the first steps can settle on another region. With
+    ``jitter`` each mask's perturbed image is flipped horizontally
     at random (probability 1/2 per step, drawn from ``seed``/``generator``).
     The flips of a step are drawn for all masks of the call at once, so with
     jitter a mask depends on the seed *and* on the other images and areas of
@@ -58,18 +87,21 @@ class ExtremalPerturbation(PerturbationAttribution):
     ``batch_size`` rows at a time (one forward and one backward pass per
     block), so memory is bounded by ``batch_size``.
 
-    Differences from TorchRay's ``extremal_perturbation``: the area is
-    measured on the image, not on the mask padded with its margins (TorchRay
-    counts the margin pixels, so its masks are larger than asked); jitter is
-    random rather than a flip on every other step; many images and targets
-    per call; model state restored.
+    Differences from TorchRay's ``extremal_perturbation``: the area is a
+    fraction of the image's pixels, with the margins pulled to 0 rather than
+    counted in the area (TorchRay's masks are larger than asked), and the
+    margins reach as far beyond the last parameter as before the first
+    (TorchRay's bottom and right margins can be narrower, or absent); equal
+    values share the regulariser's pull rather than being ordered by pixel
+    index; jitter is random rather than a flip on every other step; many images
+    and targets per call; model state restored.
 
     Returns masks ``(N, len(areas), H, W)`` (``(N, K, len(areas), H, W)`` for
     an ``(N, K)`` target): the masks evaluated at the last step (those
     whose energy is the history's last entry, as TorchRay's). With
     ``return_history=True`` also the history ``(N, [K,] len(areas), 2,
     max_iter)`` of the reward (index 0) and the regulariser term
-    :math:`-\lambda_t \lVert\cdot\rVert^2/P` (index 1) of each mask at each step.
+    :math:`-\lambda_t R_a(m)` (index 1) of each mask at each step.
 
     Example:
         >>> ep = attrib.ExtremalPerturbation(model)
@@ -163,15 +195,43 @@ class ExtremalPerturbation(PerturbationAttribution):
     # Hooks ----------------------------------------------------------------------------
 
     def _area_pixels(self, masks: MaskGenerator) -> int:
-        """The number of mask pixels the area regulariser measures: the image's ``H * W``."""
+        """The number of pixels the area is a fraction of: the image's ``H * W``."""
         return masks.shape[0] * masks.shape[1]
 
-    def _area_values(self, masks: MaskGenerator, params: Tensor, mask: Tensor) -> Tensor:
-        """The ``(R, P)`` values the area regulariser sorts: ``mask``, the masks of ``params`` on the image.
+    def _area_penalty(
+        self, masks: MaskGenerator, params: Tensor, region: Tensor, mask: Tensor, zeros: Tensor, margin: Tensor
+    ) -> Tensor:
+        """The ``(R,)`` area penalties of masks ``params``: ``mask`` on the image, ``region`` with its margins.
 
-        (Not on the full mask with margins, as TorchRay.)
+        The image's values are sorted and the margins' (flat indices
+        ``margin`` of ``region``) pulled to 0 (see
+        :func:`attrib.perturb.rewards.area_penalty`).
         """
-        return mask.flatten(1)
+        return area_penalty(mask.flatten(1), zeros, region.flatten(1).index_select(1, margin))
+
+
+def _balanced_pads(masks: MaskGenerator) -> tuple[int, int, int, int]:
+    """Margins ``(top, bottom, left, right)`` that reach ``margin`` beyond the first and the last parameter alike.
+
+    Parameter ``j`` sits at image pixel ``c_j = margin - round(margin) + step * j``; the region runs from
+    ``c_0 - margin`` to ``c_last + margin`` (and at least over the image), so the parameters at both ends
+    reach as many margin pixels.
+    """
+    crop = round(masks.margin)
+    after = [
+        min(crop, max(0, round(masks.step * (n - 1) + 2 * masks.margin - crop) - (z - 1)))
+        for n, z in zip(masks.shape_in, masks.shape)
+    ]
+    return crop, after[0], crop, after[1]
+
+
+def _margin_index(shape: tuple[int, int], pads: tuple[int, int, int, int], device: torch.device) -> Tensor:
+    """Flat indices of the margin pixels of an image of ``shape`` grown by ``pads`` (top, bottom, left, right)."""
+    top, bottom, left, right = pads
+    rows = torch.arange(shape[0] + top + bottom, device=device).view(-1, 1)
+    cols = torch.arange(shape[1] + left + right, device=device).view(1, -1)
+    off = (rows < top) | (rows >= top + shape[0]) | (cols < left) | (cols >= left + shape[1])
+    return off.flatten().nonzero().squeeze(1)
 
 
 class _Game:
@@ -203,6 +263,10 @@ class _Game:
         self.history = torch.zeros(self.n_masks, 2, max_iter, device=device, dtype=x.dtype)
         self.final = torch.zeros(self.n_masks, *x.shape[2:], device=device, dtype=x.dtype)
         self.max_iter = max_iter
+        self.pads = _balanced_pads(masks)
+        top, bottom, left, right = self.pads
+        self.inside = (slice(None), slice(None), slice(top, top + masks.shape[0]), slice(left, left + masks.shape[1]))
+        self.margin = _margin_index(masks.shape, self.pads, device)
 
     def energy(self, t: int, weight: float, flips: Tensor | None) -> Callable[[int, int], Tensor]:
         """The energy of rows ``start..stop-1`` at step ``t`` (recorded in the history; masks kept at the last)."""
@@ -211,15 +275,18 @@ class _Game:
             rows = torch.arange(start, stop, device=self.params.device)
             m, copy = rows % self.n_masks, torch.div(rows, self.n_masks, rounding_mode="floor")
             params = self.params.index_select(0, m)
-            mask = self.masks.generate_mask(params)
+            region = self.masks.generate_region(params, self.pads)
+            mask = region[self.inside]
             blend = torch.where(self.complement[copy].view(-1, 1, 1, 1), 1 - mask, mask)
             images = self.pyramid.apply_rows(blend, self.image_of[m])
             if flips is not None:
                 images = torch.where(flips[m].view(-1, 1, 1, 1), images.flip(3), images)
             rewards = self.sign[copy] * self.score(images, self.args.rows(self.image_of[m]), m)
             first = max(0, min(stop, self.n_masks) - start)
-            values = self.method._area_values(self.masks, params[:first], mask[:first])
-            regul = -weight * area_penalty(values, self.zeros_of[m[:first]])
+            penalty = self.method._area_penalty(
+                self.masks, params[:first], region[:first], mask[:first], self.zeros_of[m[:first]], self.margin
+            )
+            regul = -weight * penalty
             with torch.no_grad():
                 self.history[:, 0, t].index_add_(0, m, rewards.detach())
                 self.history[:, 1, t].index_add_(0, m[:first], regul.detach())

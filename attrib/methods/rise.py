@@ -34,11 +34,31 @@ class RISE(PerturbationAttribution):
     over ``num_masks`` smooth random masks :math:`M` (:class:`attrib.perturb.RiseMasks`:
     a ``num_cells`` grid of cells kept with probability ``p``, upsampled
     bilinearly with a random shift), each broadcast over the channels.
-    :math:`S_t` is the softmax probability of class ``t`` (``score="softmax"``,
-    the default), the raw logit (``"logits"``) or its sigmoid (``"sigmoid"``,
-    TorchRay's choice). Since :math:`\mathbb{E}[M_{yx}] = p`, a model with a
-    constant score ``s`` gets the map ``s`` up to sampling noise (TorchRay's
-    ``rise`` omits the ``1/p`` and gives ``p s``).
+    :math:`S_t` is the score of class ``t``; ``score`` picks it:
+
+    * ``"softmax"``: the softmax probability, for single-label classifiers
+      (one class per image). Each class's probability also falls when another
+      class's evidence rises, which is right when classes exclude each other.
+    * ``"sigmoid"``: the sigmoid of the logit, for multi-label models (one
+      independent sigmoid per class, several classes present; TorchRay's
+      choice). With a softmax there, a class's map would also light up where
+      the *other* objects are masked out.
+    * ``"logits"``: the output as it is (the identity): raw logits, or a model
+      that already ends in a softmax or sigmoid.
+    * ``"auto"`` (the default) picks from the model and its output on the
+      clean inputs: ``"sigmoid"`` if the model declares itself multi-label
+      (``model.attrib_multilabel = True``, as the shipped ``shapes-*`` models
+      do); ``"logits"`` if the output is not a tensor, has one class or none,
+      or its rows are already distributions (non-negative, summing to 1: a
+      softmax head); ``"softmax"`` otherwise. Raw logits do not tell whether
+      classes exclude each other, nor does a sigmoid head's output, so set
+      ``attrib_multilabel`` on your own multi-label model or pass ``score``.
+      The choice of the last call is :attr:`chosen_score` (and shows in
+      ``repr``).
+
+    Since :math:`\mathbb{E}[M_{yx}] = p`, a model with a constant score ``s``
+    gets the map ``s`` up to sampling noise (TorchRay's ``rise`` omits the
+    ``1/p`` and gives ``p s``).
 
     Every target reads the same forward passes: an ``(N, K)`` target, or
     ``target="all"`` (every class), costs no more model evaluations than one
@@ -65,7 +85,7 @@ class RISE(PerturbationAttribution):
         num_masks: int = 8000,
         num_cells: int = 7,
         p: float = 0.5,
-        score: str = "softmax",
+        score: str = "auto",
         seed: int | None = None,
         generator: torch.Generator | None = None,
         batch_size: BatchSize = 64,
@@ -78,8 +98,8 @@ class RISE(PerturbationAttribution):
                 "RISE explains images: inputs must be one tensor of shape (N, C, H, W), got "
                 + (f"shape {tuple(batch.tensors[0].shape)}" if batch.form == "tensor" else f"a {batch.form}")
             )
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(map(repr, SCORES))}, got {score!r}")
+        if score not in SCORES and score != "auto":
+            raise ValueError(f"score must be one of {', '.join(map(repr, [*SCORES, 'auto']))}, got {score!r}")
         args = as_forward_args(additional_forward_args, batch.n)
         batch_size = check_batch_size(batch_size)
         x = batch.tensors[0]
@@ -89,12 +109,13 @@ class RISE(PerturbationAttribution):
         )
         with self._guard():
             base = self._rise_target(target, batch, args, batch_size)
-            scored = _ScoredTarget(base, SCORES[score])
+            scored = _ScoredTarget(base, score, self.model)
 
             def perturb(example: Tensor, copy: Tensor) -> tuple[Tensor, ...]:
                 return (x.index_select(0, example) * masks.rows(copy, dtype=x.dtype),)
 
             scores = self._perturbed_scores(n, num_masks, perturb, args, scored, batch_size, x.device)
+        self.chosen_score = scored.score
         # Sum over thousands of masks in at least float32, whatever the model's dtype.
         weights = scores.reshape(num_masks, -1).to(torch.promote_types(scores.dtype, torch.float32))
         saliency = weights.new_zeros(weights.shape[1], height * width)  # (N * K, H * W)
@@ -103,6 +124,13 @@ class RISE(PerturbationAttribution):
             saliency.addmm_(weights[start:stop].T, block)
         saliency /= num_masks * masks.p
         return saliency.to(scores.dtype).view(n, *scores.shape[2:], 1, height, width)
+
+    chosen_score: str | None = None
+    """The score the last call used (``"auto"`` resolved); None before the first call."""
+
+    def __repr__(self) -> str:
+        chosen = "" if self.chosen_score is None else f", score={self.chosen_score!r} in the last call"
+        return f"{type(self).__name__}({type(self.model).__name__}{chosen})"
 
     def _rise_target(
         self, target: TargetLike | str, batch: InputBatch, args: ForwardArgs, batch_size: BatchSize
@@ -114,15 +142,38 @@ class RISE(PerturbationAttribution):
         return self._resolved_target(target, batch, args, batch_size)
 
 
-class _ScoredTarget(Target):
-    """``base``'s scores of a transformed output (probabilities instead of logits)."""
+def auto_score(model: object, output: object) -> str:
+    """The score ``score="auto"`` picks for ``model`` from its ``output`` on clean inputs (see :class:`RISE`).
 
-    def __init__(self, base: Target, transform: Callable[[Tensor], Tensor]) -> None:
+    Example:
+        >>> auto_score(model, torch.tensor([[2.0, -1.0, 0.5]]))      # raw logits of a single-label model
+        'softmax'
+    """
+    if getattr(model, "attrib_multilabel", False) is True:
+        return "sigmoid"
+    if not isinstance(output, Tensor) or not output.is_floating_point() or output.dim() < 2 or output.shape[1] == 1:
+        return "logits"
+    rows = output.flatten(2).sum(2) if output.dim() > 2 else output
+    if bool((output >= 0).all()) and bool(((rows.sum(1) - 1).abs() <= 1e-4).all()):
+        return "logits"  # every row is already a distribution over the classes (a softmax head)
+    return "softmax"
+
+
+class _ScoredTarget(Target):
+    """``base``'s scores of a transformed output (probabilities instead of logits).
+
+    ``score="auto"`` is resolved on the first block of perturbed outputs (the
+    choice depends only on the model and on properties every output shares).
+    """
+
+    def __init__(self, base: Target, score: str, model: object) -> None:
         super().__init__(base.kind, base.n, base.indices, base.fn, base._checked)
-        self.transform = transform
+        self.score, self.model = score, model
 
     def scores(self, output: Tensor, example: Tensor) -> Tensor:
-        return super().scores(self.transform(output), example)
+        if self.score == "auto":
+            self.score = auto_score(self.model, output)
+        return super().scores(SCORES[self.score](output), example)
 
 
 def _tensor(output: object, score: str) -> Tensor:

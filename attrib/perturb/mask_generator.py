@@ -75,6 +75,7 @@ class MaskGenerator(nn.Module):
     shape_in: tuple[int, ...]
     shape_mid: tuple[int, ...]
     shape_out: tuple[int, ...]
+    _grid: tuple[int, ...]
 
     def __init__(
         self,
@@ -116,6 +117,8 @@ class MaskGenerator(nn.Module):
             for z_in, z in zip(self.shape_in, self.shape)
         )
         self.shape_out = tuple(self.step * z - self.step + 1 for z in self.shape_mid)
+        # Cells pooled by `_pooled`: enough for the image with `crop` pixels of margin on every side.
+        self._grid = tuple(max(m, -(-(2 * crop + z) // self.step)) for m, z in zip(self.shape_mid, self.shape))
         self.register_buffer("cell_weight", self._weights(torch.device(device) if device is not None else None))
 
     @property
@@ -156,11 +159,32 @@ class MaskGenerator(nn.Module):
 
     def generate_mask(self, params: Tensor) -> Tensor:
         """Only the masks on the image ``(K, 1, H, W)``, as ``generate(params)[0]``, skipping the margins' work."""
+        return self.generate_region(params, 0)
+
+    def generate_region(self, params: Tensor, pad: int | tuple[int, int, int, int]) -> Tensor:
+        """The masks on the image grown by ``pad`` pixels, ``(K, 1, H + top + bottom, W + left + right)``.
+
+        ``pad`` is one int for every side or ``(top, bottom, left, right)``,
+        each at most ``round(margin)``. ``pad = 0`` gives :meth:`generate_mask`;
+        the values are those of the full mask of :meth:`generate` where both
+        are computed (its bottom and right margins can be narrower).
+        """
         crop = round(self.margin)
-        spans = [(crop // self.step, -(-(crop + z) // self.step)) for z in self.shape]
+        pads = (pad,) * 4 if isinstance(pad, numbers.Integral) and not isinstance(pad, bool) else pad
+        if (
+            not isinstance(pads, tuple) or len(pads) != 4
+            or not all(isinstance(p, numbers.Integral) and not isinstance(p, bool) and 0 <= p <= crop for p in pads)
+        ):
+            raise ValueError(f"pad must be an int or (top, bottom, left, right) of ints in [0, {crop}] (the margin), "
+                             f"got {pad!r}")
+        before, after = (int(pads[0]), int(pads[2])), (int(pads[1]), int(pads[3]))
+        spans = [
+            ((crop - b) // self.step, -(-(crop + z + a) // self.step)) for z, b, a in zip(self.shape, before, after)
+        ]
         pooled = self._pooled(params, spans[0], spans[1])
-        top, left = (crop - lo * self.step for lo, _ in spans)
-        return pooled[:, :, top : top + self.shape[0], left : left + self.shape[1]]
+        top, left = (crop - b - lo * self.step for b, (lo, _) in zip(before, spans))
+        height, width = (z + b + a for z, b, a in zip(self.shape, before, after))
+        return pooled[:, :, top : top + height, left : left + width]
 
     def _pooled(self, params: Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> Tensor:
         """The (clamped) pooled mask over cells ``rows[0]..rows[1]-1`` x ``cols[0]..cols[1]-1`` of the full mask."""
@@ -169,10 +193,10 @@ class MaskGenerator(nn.Module):
                              f"got {tuple(params.shape)}")
         size = 2 * self.radius + 1
         k, step = params.shape[0], self.step
-        extra = [m + 2 * self.radius - z - 2 * self.padding for m, z in zip(self.shape_mid, self.shape_in)]
+        extra = [m + 2 * self.radius - z - 2 * self.padding for m, z in zip(self._grid, self.shape_in)]
         padded = F.pad(params.to(self.cell_weight.dtype), (self.padding, self.padding + extra[1]) + (
             self.padding, self.padding + extra[0]))
-        cells = F.unfold(padded, (size, size)).view(k, size * size, *self.shape_mid)
+        cells = F.unfold(padded, (size, size)).view(k, size * size, *self._grid)
         # Every pixel of a cell sees the same (2r+1)^2 parameters and the weights repeat from cell to cell:
         # lay the products out as (mask, cell, neighbour, pixel of the cell) so both broadcast cheaply.
         a, b = rows[1] - rows[0], cols[1] - cols[0]

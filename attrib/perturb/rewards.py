@@ -8,10 +8,19 @@ says which copies a mask makes and with which sign their rewards count:
 * ``"delete"``: perturb the mask, keep the rest; maximise :math:`-\rho(x \otimes (1 - m))`.
 * ``"dual"``: both at once; maximise :math:`\rho(x \otimes m) - \rho(x \otimes (1 - m))`.
 
-The area regulariser :math:`\lVert \mathrm{sort}(m) - r_a \rVert^2 / P` pulls the
-sorted mask values towards the step :math:`r_a` that is 0 on the lowest
-:math:`\lfloor P(1-a) \rfloor` of the :math:`P` pixels and 1 above: a mask of area
-:math:`a` whatever its shape.
+The area regulariser pulls the sorted mask values on the image towards the
+step :math:`r_a` that is 0 on the lowest :math:`\lfloor P(1-a) \rfloor` of the
+:math:`P` image pixels and 1 above (a mask of area :math:`a` whatever its
+shape), and the mask's values off the image (its margins, :math:`Q` pixels)
+towards 0:
+
+.. math::
+    R_a(m) = \frac{1}{P + Q}\Big(\big\lVert \mathrm{sort}(m_{\text{image}}) - r_a \big\rVert^2
+    + \lVert m_{\text{margin}} \rVert^2\Big)
+
+The margin term makes a parameter at the image border pay for every pixel it
+turns on, as one inside does (without it the border is cheaper to keep, and
+masks drift into the corners); the area counts image pixels only.
 """
 
 from __future__ import annotations
@@ -63,26 +72,57 @@ def contrastive_reward(output: Tensor, classes: Tensor) -> Tensor:
 REWARDS: dict[str, Reward] = {"simple": simple_reward, "contrastive": contrastive_reward}
 
 
+TIE = 1e-6
+"""Mask values closer than this are equal for the area regulariser's gradient (float32 rounding is ~1e-7)."""
+
+
 def area_thresholds(areas: Sequence[float], pixels: int) -> list[int]:
     r"""Per area :math:`a`, the number :math:`\lfloor P(1-a) \rfloor` of pixels the regulariser pulls to 0."""
     return [int(pixels * (1 - a)) for a in areas]
 
 
-def area_penalty(values: Tensor, zeros: Tensor) -> Tensor:
-    r""":math:`\frac1P \sum_i (\mathrm{sort}(m)_i - [i \ge z])^2` per row.
+def area_penalty(values: Tensor, zeros: Tensor, outside: Tensor | None = None) -> Tensor:
+    r""":math:`\frac{1}{P + Q}\big(\sum_i (\mathrm{sort}(m)_i - [i \ge z])^2 + \sum_j o_j^2\big)` per row.
+
+    Equal values (sorted neighbours within :data:`TIE` of each other) have no
+    order of their own, so the gradient treats them alike: a pixel among equal
+    values is pulled towards the mean of the step over their positions in the
+    sorted vector (the average over their orders), not towards the 0 or 1 that
+    the sort's tie-break (memory order, or rounding noise) would give it. This
+    matters where all parameters start equal: otherwise the first steps push
+    down the first pixels in memory order (the top of the image) and let the
+    last ones (the bottom right) grow. The value is unchanged.
 
     Args:
-        values: ``(R, P)`` mask values of each row.
+        values: ``(R, P)`` mask values of each row on the image.
         zeros: ``(R,)`` integer tensor, how many of the lowest values should be 0.
+        outside: ``(R, Q)`` mask values that should all be 0 (the margins off the image), or None (:math:`Q = 0`).
 
     Returns:
-        ``(R,)`` penalties, differentiable in ``values``.
+        ``(R,)`` penalties, differentiable in ``values`` and ``outside``.
 
     Example:
         >>> area_penalty(torch.tensor([[0.0, 1.0, 1.0, 0.0]]), torch.tensor([2]))
         tensor([0.])
+        >>> area_penalty(torch.tensor([[0.0, 1.0]]), torch.tensor([1]), torch.tensor([[0.5, 0.0]]))
+        tensor([0.0625])
     """
+    rows, count = values.shape
     ordered = values.sort(dim=1).values
-    positions = torch.arange(values.shape[1], device=values.device)
-    reference = (positions[None, :] >= zeros.view(-1, 1).to(values.device)).to(values.dtype)
-    return (ordered - reference).square().mean(1)
+    positions = torch.arange(count, device=values.device)
+    step = (positions[None, :] >= zeros.view(-1, 1).to(values.device)).to(values.dtype)
+    with torch.no_grad():  # the step averaged over each run of equal values of the sorted row
+        starts = torch.ones_like(ordered, dtype=torch.bool)
+        starts[:, 1:] = ordered[:, 1:] - ordered[:, :-1] > TIE
+        run = (starts.long().cumsum(1) - 1 + torch.arange(rows, device=values.device)[:, None] * count).flatten()
+        sums = torch.zeros(rows * count, device=values.device, dtype=values.dtype).index_add_(0, run, step.flatten())
+        sizes = torch.zeros(rows * count, device=values.device, dtype=values.dtype).index_add_(
+            0, run, torch.ones_like(step).flatten()
+        )
+        mean = (sums / sizes.clamp_min(1)).gather(0, run).view(rows, count)
+        constant = (step.square() - mean.square()).sum(1)  # sum (v - r)^2 = sum (v - mean)^2 + this, per run
+    total = (ordered - mean).square().sum(1) + constant
+    if outside is not None:
+        total = total + outside.square().sum(1)
+        count += outside.shape[1]
+    return total / count
