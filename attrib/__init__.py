@@ -13,10 +13,11 @@ holds LRP's rules and composites. A :class:`Neuron` target explains an inner
 unit instead of a class. Metrics live in
 :mod:`attrib.metrics`, perturbation building blocks in :mod:`attrib.perturb`,
 the shipped benchmark data and models in :mod:`attrib.data`, pictures in
-:mod:`attrib.viz`, dataset-scale runs in :mod:`attrib.dataset`.
+:mod:`attrib.viz`, dataset-scale runs in :mod:`attrib.dataset`, token
+attribution for text classifiers and language models in :mod:`attrib.text`.
 """
 
-from . import lrp, metrics, perturb
+from . import lrp, metrics, perturb, text
 from .attribution import Attribution
 from .compose import Pipeline, Product
 from .core.inputs import InputsLike
@@ -128,4 +129,5 @@ __all__ = [
     "lrp",
     "metrics",
     "perturb",
+    "text",
 ]

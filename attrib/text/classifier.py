@@ -1,0 +1,166 @@
+"""Per-token attributions of a sequence classifier, for a batch of texts of different lengths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.batching import BatchSize, check_batch_size, map_blocks
+from ..core.forward import first_parameter
+from ..core.state import guarded
+from ..targets import TargetLike
+from .methods import METHODS, TokenMethod, check_options, run, token_method
+from .model import HFModel
+from .scores import TokenScores
+from .tokens import TokenInputs, as_token_inputs, baseline_ids, token_feature_mask
+
+
+class ClassifierExplainer:
+    r"""Explain a sequence classifier's class score token by token.
+
+    The model is any module taking ``input_ids=`` and ``attention_mask=``
+    (a HuggingFace ``...ForSequenceClassification``, or an :class:`HFModel`)
+    and giving logits ``(N, C)``. With :math:`e_l` the token embedding at
+    position :math:`l` and :math:`e'_l` that of the baseline token:
+
+    * ``"integrated_gradients"``: :math:`s_l = \sum_d (e_l - e'_l)_d \int_0^1
+      \partial S_t / \partial e_{l,d}\,(e' + \alpha (e - e'))\, d\alpha`
+      (:class:`attrib.LayerIntegratedGradients`); completeness
+      :math:`\sum_l s_l \approx S_t(x) - S_t(x')` with :math:`x'` the baseline ids.
+    * ``"input_x_gradient"``: :math:`s_l = \sum_d e_{l,d}\, \partial S_t / \partial e_{l,d}`.
+    * ``"saliency"``: :math:`s_l = \lVert \partial S_t / \partial e_l \rVert_2`.
+    * ``"feature_ablation"``, ``"shapley"``, ``"kernel_shap"``, ``"lime"``: the
+      perturbation methods over tokens (``granularity="token"``) or words
+      (``"word"``: every token of a word gets the word's value), a switched-off
+      token taking the baseline id.
+    * a subclass of :class:`attrib.LayerAttribution` (run at the embeddings,
+      summed over ``D``) or of :class:`attrib.PerturbationAttribution`.
+
+    The baseline (``baseline``: ``"pad"``, ``"mask"``, ``"unk"`` or an id)
+    replaces the real tokens only: padding and special tokens (with
+    ``keep_special``) keep their ids, are never perturbed and score exactly 0.
+    The attention mask travels with every perturbed or interpolated row, so a
+    text's scores do not depend on how much it is padded nor on the other
+    texts of the batch. Every method runs ``batch_size`` rows at a time.
+
+    Args:
+        model: the classifier.
+        method: a name above or an attrib Attribution class.
+        tokenizer: needed for texts and for a named baseline token.
+        baseline: the token that stands for "absent".
+        granularity: ``"token"`` or ``"word"`` (perturbation methods).
+        keep_special: leave special tokens out of the explanation.
+        embeddings: the token-embedding module (dotted name or module); by
+            default ``model.get_input_embeddings()``.
+
+    Example:
+        >>> explainer = ClassifierExplainer(model, "integrated_gradients", tokenizer=tokenizer)
+        >>> result = explainer.attribute(["a good film", "not bad at all"], target=1, n_steps=32)
+        >>> result.scores.shape, result.top(2)                      # (2, L); best tokens per text
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str | type = "integrated_gradients",
+        *,
+        tokenizer: Any = None,
+        baseline: str | int = "pad",
+        granularity: str = "token",
+        keep_special: bool = True,
+        embeddings: str | nn.Module | None = None,
+    ) -> None:
+        self.model = (
+            model if isinstance(model, HFModel) and embeddings is None else HFModel(model, embeddings=embeddings)
+        )
+        self.spec: TokenMethod = token_method(method, METHODS)
+        self.method = self.spec.build(self.model, self.model.embeddings)
+        if granularity not in ("token", "word"):
+            raise ValueError(f"granularity must be 'token' or 'word', got {granularity!r}")
+        if not isinstance(keep_special, bool):
+            raise TypeError(f"keep_special must be a bool, got {type(keep_special).__name__}")
+        self.tokenizer = tokenizer
+        self.baseline = baseline
+        self.granularity = granularity
+        self.keep_special = keep_special
+
+    def _ids_source(self) -> Any:
+        """Where named tokens' ids come from: the tokenizer, else the model's config (``pad_token_id``, ...)."""
+        return self.tokenizer if self.tokenizer is not None else getattr(self.model.wrapped, "config", None)
+
+    def __repr__(self) -> str:
+        return f"ClassifierExplainer({type(self.model.model).__name__}, method={self.spec.name!r})"
+
+    def attribute(
+        self,
+        inputs: TokenInputs | str | Sequence[str] | Tensor | Any,
+        target: TargetLike = None,
+        *,
+        batch_size: BatchSize = 64,
+        **options: Any,
+    ) -> TokenScores:
+        """Per-token scores of ``target`` (the predicted class if None) for each text of ``inputs``.
+
+        ``inputs``: :class:`TokenInputs`, text(s) (with a tokenizer), a
+        tokenizer output or ids. ``options`` go to the method (``n_steps``,
+        ``n_samples``, ``seed``, ...).
+
+        Raises:
+            ValueError: texts without a tokenizer, a named baseline the
+                tokenizer lacks, word granularity without word ids.
+        """
+        check_options(options)
+        batch_size = check_batch_size(batch_size)
+        tokens = as_token_inputs(inputs, self.tokenizer)
+        device = _model_device(self.model)
+        if device is not None and tokens.device != device:
+            tokens = tokens.to(device)
+        ids, mask = tokens.input_ids, tokens.attention_mask
+        baselines = baseline_ids(tokens, self.baseline, self._ids_source(), keep_special=self.keep_special)
+        features = token_feature_mask(tokens, self.granularity, keep_special=self.keep_special)
+        explained = self._predicted(ids, mask, batch_size) if target is None else target
+        scores = run(
+            self.spec, self.method, ids, (mask,), explained, baselines, features, {"batch_size": batch_size, **options}
+        )
+        frozen = tokens.frozen(self.keep_special)
+        aligned = frozen.unsqueeze(1) if scores.dim() == 3 else frozen
+        scores = scores.masked_fill(aligned, 0.0)
+        if self.spec.kind == "embedding" and self.granularity == "word":
+            scores = _group_totals(scores, features).masked_fill(aligned, 0.0)
+        return TokenScores(scores, ids, mask, tokens.tokens, explained, self.spec.name, frozen)
+
+    def _predicted(self, ids: Tensor, mask: Tensor, batch_size: BatchSize) -> Tensor:
+        """The top-1 class of each example ``(N,)``, ``batch_size`` rows at a time, without gradients."""
+
+        def top1(start: int, stop: int) -> Tensor:
+            logits: Tensor = self.model(ids[start:stop], mask[start:stop])
+            if logits.dim() != 2:
+                raise ValueError(
+                    f"target=None needs class logits (N, C), but the model gives shape {tuple(logits.shape)}; "
+                    "pass a target"
+                )
+            return logits.argmax(1)
+
+        with guarded(self.model), torch.no_grad():
+            return torch.cat(map_blocks(ids.shape[0], batch_size, top1))
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    param = first_parameter(model)
+    return None if param is None else param.device
+
+
+def _group_totals(scores: Tensor, groups: Tensor) -> Tensor:
+    """Give every token the sum of its group's (word's) token scores, as the perturbation methods give words.
+
+    ``groups`` ``(N, L)`` are feature ids; frozen positions must score 0 (they join a word's group).
+    """
+    flat = scores if scores.dim() == 3 else scores.unsqueeze(1)
+    width = int(groups.max()) + 1
+    index = groups.unsqueeze(1).expand_as(flat)
+    totals = flat.new_zeros(*flat.shape[:2], width).scatter_add(2, index, flat)
+    out = totals.gather(2, index)
+    return out if scores.dim() == 3 else out.squeeze(1)
