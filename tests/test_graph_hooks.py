@@ -121,3 +121,18 @@ def test_contrastive_excitation_reads_a_dict_output_through_a_callable_target():
     torch.testing.assert_close(method.attribute(x, target=lambda out: out["logits"][:, 2]), tensor_out)
     with pytest.raises(TypeError, match="returned a dict, not a Tensor; pass a callable target"):
         method.attribute(x, target=2)
+
+
+def test_an_operation_handing_back_its_operand_keeps_the_operands_of_the_node_that_made_it():
+    """Eval-mode dropout returns its input itself: the sum's recorded operands must stay the sum's."""
+    from attrib.core.graph import ForwardTrace
+
+    a = torch.randn(3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    with ForwardTrace(frozenset({"AddBackward0"})) as trace:
+        total = a + b
+        same = torch.nn.functional.dropout(total, p=0.5, training=False)
+    assert same is total
+    recorded = trace.operands(total.grad_fn)
+    assert len(recorded) == 2
+    assert torch.equal(recorded[0], a.detach()) and torch.equal(recorded[1], b.detach())

@@ -101,9 +101,12 @@ class ForwardTrace(TorchFunctionMode):
             if t.requires_grad:
                 kept = t.detach().clone() if i == 0 and name in _INPLACE else t.detach()
                 record.append((kept, kept._version))  # a detached tensor shares the original's version counter
+        existing = {t.grad_fn for t in operands if t.grad_fn is not None}
         out = func(*args, **kwargs)
         node = out.grad_fn if isinstance(out, Tensor) else None
-        if node is not None and node.name() in self.kinds:
+        # An operation that hands back an operand unchanged (dropout in eval mode) made no node: the node is the
+        # operand's own, and its operands were recorded when it was made.
+        if node is not None and node not in existing and node.name() in self.kinds:
             self._operands[node] = tuple(record)
         return out
 
