@@ -28,6 +28,8 @@ from .methods import (
     LRP,
     RISE,
     AblationCAM,
+    AttentionRollout,
+    AttnLRP,
     ContrastiveExcitationBackprop,
     Deconvnet,
     DeepLift,
@@ -40,6 +42,7 @@ from .methods import (
     GradCAM,
     GradCAMPlusPlus,
     GradientShap,
+    GradientWeightedRollout,
     GuidedBackprop,
     GuidedGradCAM,
     HiResCAM,
@@ -68,6 +71,9 @@ from .targets import Neuron, Target, TargetLike
 __version__ = "0.2.0"
 
 __all__ = [
+    "GradientWeightedRollout",
+    "AttnLRP",
+    "AttentionRollout",
     "LRP",
     "Lime",
     "KernelShap",

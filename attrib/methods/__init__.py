@@ -9,12 +9,16 @@
 * layer attribution (Captum's): :mod:`.layer_integrated_gradients` (LayerIntegratedGradients,
   LayerConductance), :mod:`.layer_activation` (LayerActivation, LayerGradientXActivation);
 * relevance: :mod:`.lrp` (LRP under the composites of :mod:`attrib.lrp`);
+* transformers: :mod:`.attention` (attention rollout, Chefer et al.'s gradient-weighted rollout),
+  :mod:`.attn_lrp` (AttnLRP);
 * reference-based: :mod:`.deeplift` (DeepLift, DeepLiftShap), :mod:`.gradient_shap`;
 * perturbations: :mod:`.occlusion`, :mod:`.rise`, :mod:`.extremal`;
 * feature groups: :mod:`.feature_ablation` (FeatureAblation, FeaturePermutation), :mod:`.shapley`,
   :mod:`.lime` (Lime and the coalition-surrogate base), :mod:`.kernel_shap`.
 """
 
+from .attention import AttentionRollout, GradientWeightedRollout
+from .attn_lrp import AttnLRP
 from .cam import GradCAM, GradCAMPlusPlus, GradientCAM, HiResCAM, LayerCAM, LinearApprox, XGradCAM
 from .deeplift import DeepLift, DeepLiftShap
 from .eigen_cam import EigenCAM
@@ -38,6 +42,9 @@ from .score_cam import AblationCAM, ChannelScoreCAM, ScoreCAM
 from .shapley import ShapleyValueSampling
 
 __all__ = [
+    "GradientWeightedRollout",
+    "AttnLRP",
+    "AttentionRollout",
     "LRP",
     "Lime",
     "KernelShap",
