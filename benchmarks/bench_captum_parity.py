@@ -124,8 +124,10 @@ def main() -> None:
     table = cases(args)
     fns = {f"{name}|{side}": fn for name, pair in table.items() for side, fn in zip(("attrib", "captum"), pair)}
     seconds = timed(fns, args.repeats, args.device)
-    print(f"{args.model} (DeepLift: {args.deeplift_model}), {args.size} px, N={args.images}, batch_size={args.batch_size}, {args.device}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"{args.model} (DeepLift: {args.deeplift_model}), {args.size} px, N={args.images}, "
+        f"batch_size={args.batch_size}, {args.device}, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print()
     print("| method | attrib s | Captum s | Captum / attrib |")
     print("|---|---:|---:|---:|")
