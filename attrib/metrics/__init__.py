@@ -2,6 +2,7 @@
 
 >>> hits = PointingGame(masks, tolerance=15)(maps)          # (N,) bool
 >>> auc = Deletion(model, images, target=labels)(maps)     # (N,), lower is better
+>>> auc = TokenDeletion(model, input_ids, attention_mask=mask)(token_scores)   # the same over tokens
 
 Every metric has ``higher_is_better`` and returns one score per example, so
 scores of several shards concatenate and their means (and pointing-game
@@ -16,6 +17,7 @@ from .pointing_game import PointingGame, PointingGameAccuracy, pointing_game_acc
 from .randomization import ParameterRandomization
 from .sensitivity import SensitivityMax
 from .sparseness import Sparseness
+from .token_deletion import TokenDeletion, TokenInsertion
 
 __all__ = [
     "CompletenessGap",
@@ -28,5 +30,7 @@ __all__ = [
     "PointingGameAccuracy",
     "SensitivityMax",
     "Sparseness",
+    "TokenDeletion",
+    "TokenInsertion",
     "pointing_game_accuracy",
 ]

@@ -61,6 +61,7 @@ class BoundModel:
         inputs: a tensor ``(N, ...)`` or a tuple of them.
         target: see :mod:`attrib.targets`. With ``multi_target=False`` it must
             give one score per example (no ``(N, K)`` targets).
+        floating: whether the inputs must be floating point (False admits token ids).
     """
 
     def __init__(
@@ -73,11 +74,12 @@ class BoundModel:
         batch_size: BatchSize = None,
         eval_mode: bool = True,
         multi_target: bool = False,
+        floating: bool = True,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be an nn.Module or a callable returning a Tensor, got {type(model).__name__}")
         self.model = model
-        self.batch: InputBatch = as_input_batch(inputs)
+        self.batch: InputBatch = as_input_batch(inputs, floating=floating)
         self.args: ForwardArgs = as_forward_args(additional_forward_args, self.batch.n)
         self.batch_size = check_batch_size(batch_size)
         self.eval_mode = bool(eval_mode)
@@ -156,6 +158,8 @@ class ModelMetric(Metric):
 
     #: Whether ``(N, K)`` targets are accepted (results then have a K dimension after N).
     _multi_target: bool = False
+    #: Whether the inputs must be floating point (False for token ids).
+    _floating_inputs: bool = True
 
     def __init__(
         self,
@@ -175,6 +179,7 @@ class ModelMetric(Metric):
             batch_size=batch_size,
             eval_mode=eval_mode,
             multi_target=self._multi_target,
+            floating=self._floating_inputs,
         )
 
 
