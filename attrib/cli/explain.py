@@ -19,15 +19,21 @@ weights name such as DEFAULT), a TorchScript or torch.save file, or module:funct
 a model. Writes a PNG grid (a row per image: the image, then one overlay per method) and,
 with --save-maps, the raw (N, 1, H, W) maps of every method (.pt: a dict method -> tensor;
 .npy: an array (methods, images, H, W) in the order printed).
+
+With --text, explain sentences with a text classifier instead: MODEL is a local HuggingFace
+sequence-classifier directory (save_pretrained; read offline) or the shipped text-classifier;
+each method's token scores are printed as coloured tokens, and --html writes them as a page:
+  attrib explain --text --model ./my-bert --sentence "not bad at all" --method ig,feature_ablation
 """
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("explain", help="maps for your model and images", description=DESCRIPTION)
+    parser = subparsers.add_parser("explain", help="maps for your model and images (or sentences, --text)",
+                                   description=DESCRIPTION)
     parser.add_argument("--model", required=True, help="model spec (see above)")
     parser.add_argument("--weights", help="state_dict file, or a torchvision weights name (e.g. DEFAULT)")
-    parser.add_argument("--image", required=True, action="append", nargs="+", metavar="IMG",
-                        help="image file(s); repeatable")
+    parser.add_argument("--image", action="append", nargs="+", metavar="IMG",
+                        help="image file(s); repeatable (required unless --text)")
     parser.add_argument("--method", action="append", metavar="NAME",
                         help="method(s), repeatable or comma-separated; 'all' for every one (default gradcam)")
     parser.add_argument("--target", help="class index to explain, one for all images or comma-separated per "
@@ -42,6 +48,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--save-maps", metavar="FILE", help="also save the raw maps (.pt or .npy)")
     parser.add_argument("--display", choices=("minmax", "percentile", "signed"), default="minmax",
                         help="normalisation of the maps in the figure (default minmax)")
+    from .explain_text import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -63,6 +72,14 @@ def parse_targets(text: str | None, count: int) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.text:
+        from .explain_text import run as run_text
+
+        return run_text(args)
+    if not args.image:
+        raise CommandError("--image is required (or --text with --sentence for a text classifier)")
+    if args.sentence or args.html:
+        raise CommandError("--sentence and --html need --text")
     from ..data import MODEL_NAMES
     from .loading import load_image, load_model, model_input_size, normalize
 
