@@ -204,3 +204,11 @@ def test_skimage_backend_with_the_real_library_gives_per_image_segments():
     # Segments follow the edges: no segment straddles the halves of the second image.
     left, right = ids[1, 0, :, :16], ids[1, 0, :, 16:]
     assert not set(left.unique().tolist()) & set(right.unique().tolist())
+
+
+def test_skimage_backend_warns_when_it_merges_noise_into_one_segment():
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="as few as 1"):
+        superpixel_mask(noise, n_segments=12)
+    torch_ids = superpixel_mask(noise, n_segments=12, backend="torch")
+    assert all(int(image.unique().numel()) >= 4 for image in torch_ids)

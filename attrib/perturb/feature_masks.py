@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +78,13 @@ def superpixel_mask(
     Ids are centre numbers: they may have gaps (``as_feature_groups``
     renumbers them), and differ per image.
 
+    scikit-image merges segments smaller than a fraction of the expected size
+    (``enforce_connectivity``), so on noise or on images outside ``[0, 1]`` it
+    can return a single segment; when an image gets fewer than a quarter of
+    ``n_segments`` a ``UserWarning`` says so (a method would then explain one
+    feature spread over the whole image). Lower ``compactness``, pass
+    ``[0, 1]`` images, or use ``backend="torch"``.
+
     Raises:
         ImportError: ``backend="skimage"`` without scikit-image (the message names the extra).
         ValueError: images not ``(N, C, H, W)``, or bad ``n_segments``/``backend``/``n_iter``.
@@ -87,7 +95,9 @@ def superpixel_mask(
     if not _is_int(n_segments) or n_segments < 1:
         raise ValueError(f"n_segments must be a positive int, got {n_segments!r}")
     if backend == "skimage":
-        return _skimage_slic(images, int(n_segments), float(compactness), slic_options)
+        ids = _skimage_slic(images, int(n_segments), float(compactness), slic_options)
+        _warn_if_merged(ids, int(n_segments))
+        return ids
     if backend == "torch":
         if slic_options:
             raise ValueError(f"backend='torch' takes no scikit-image options, got {sorted(slic_options)}")
@@ -95,6 +105,20 @@ def superpixel_mask(
             raise ValueError(f"n_iter must be a non-negative int, got {n_iter!r}")
         return _torch_slic(images, int(n_segments), float(compactness), int(n_iter))
     raise ValueError(f"backend must be 'skimage' or 'torch', got {backend!r}")
+
+
+def _warn_if_merged(ids: Tensor, n_segments: int) -> None:
+    """Warn when scikit-image returned far fewer segments than asked for some image."""
+    counts = [int(image.unique().numel()) for image in ids]  # masks are made once, on the CPU: a loop is fine
+    fewest = min(counts)
+    if fewest * 4 < n_segments:
+        warnings.warn(
+            f"superpixel_mask asked for {n_segments} segments but scikit-image returned as few as {fewest} for an "
+            "image (its connectivity step merges small segments, e.g. on noise or on values outside [0, 1]); "
+            "lower compactness, pass [0, 1] images, or use backend='torch'",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _skimage_slic(images: Tensor, n_segments: int, compactness: float, options: dict[str, Any]) -> Tensor:
