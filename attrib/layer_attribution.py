@@ -202,7 +202,8 @@ class LayerAttribution(Attribution):
             output = run_model(self.model, rows, args)
         activation = self._single(captured)
         self._check_differentiable(activation, at_input)
-        (grad,) = backprop(target.scores(output, example), (activation,), self.rule, output=output, trace=trace)
+        (grad,) = backprop(self._layer_scores(target, output, example), (activation,), self.rule, output=output,
+                           trace=trace)
         return activation.detach(), grad
 
     def _check_differentiable(self, value: Tensor, at_input: bool) -> None:
@@ -250,8 +251,22 @@ class LayerAttribution(Attribution):
                 f"layer {self.layer_name!r} ran {len(calls)} times in one forward pass; "
                 "choose a layer that runs exactly once"
             )
-        (grad,) = backprop(target.scores(output, example), (leaf,), self.rule, output=output, trace=trace)
+        (grad,) = backprop(self._layer_scores(target, output, example), (leaf,), self.rule, output=output, trace=trace)
         return grad
+
+    def _layer_scores(self, target: Target, output: Tensor, example: Tensor) -> Tensor:
+        """The target scores of a pass whose graph starts at the layer; a Neuron below the layer is refused.
+
+        A Neuron target whose layer runs before the explained one does not depend on it: its gradient there
+        would be an all-zero map, so this says so instead.
+        """
+        scores = target.scores(output, example)
+        if target.kind == "neuron" and not scores.requires_grad:
+            raise ValueError(
+                f"the Neuron target's layer runs before the explained layer {self.layer_name!r}, so its score does "
+                "not depend on that layer; explain a layer at or below the Neuron's layer"
+            )
+        return scores
 
     def _layer_activations(
         self,

@@ -186,3 +186,14 @@ def test_an_in_place_op_after_the_layer_cannot_change_the_neuron():
     torch.testing.assert_close(grad, torch.ones(1, 3))
     gain = attrib.DeepLift(model).attribute(x, target=Neuron(model[0], 0)).sum()
     torch.testing.assert_close(gain, torch.tensor(9.0))  # (0 + 5 + 4 - 20) - (-20)
+
+
+def test_a_neuron_below_the_explained_layer_is_refused_not_a_zero_map():
+    model = cnn(7)
+    with pytest.raises(ValueError, match="runs before the explained layer"):
+        attrib.GradCAM(model, "3").attribute(X, target=Neuron(model[0], (1, 2, 2)))
+    with pytest.raises(ValueError, match="runs before the explained layer"):
+        attrib.LayerIntegratedGradients(model, "3").attribute(X, target=Neuron(model[0], (1, 2, 2)), n_steps=4)
+    # At or above the explained layer it works.
+    cam = attrib.GradCAM(model, "0").attribute(X, target=Neuron(model[2], (1, 2, 2)))
+    assert float(cam.abs().max()) > 0
