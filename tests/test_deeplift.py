@@ -226,7 +226,8 @@ def test_at_the_baseline_the_multipliers_are_the_gradient(net, n):
 
 def test_torchvision_resnet_sums_to_delta_where_captum_refuses_it():
     """torchvision's BasicBlock calls one in-place ReLU module twice: Captum raises, attrib explains it."""
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a dev dependency
+
     with torch.random.fork_rng():  # torchvision initialises from the global RNG
         torch.manual_seed(0)
         model = torchvision.models.resnet18(num_classes=4).eval()
