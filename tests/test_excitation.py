@@ -112,7 +112,7 @@ def test_matches_torchray_on_batchnorm_and_default_classifier():
 
 
 def test_matches_torchray_on_resnet18_after_update_resnet():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a dev dependency
     from torchray.attribution.excitation_backprop import update_resnet
 
     torch.manual_seed(0)
@@ -387,7 +387,7 @@ TORCHVISION_REFUSED = {
 
 
 def _torchvision(name: str) -> nn.Module:
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a dev dependency
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
