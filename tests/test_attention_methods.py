@@ -10,6 +10,7 @@ from torch import nn
 
 from attrib.core.attention import AttentionRecorder, _eager_mha, eager_multihead_attention, token_map
 from attrib.methods.attention import AttentionRollout, GradientWeightedRollout
+from attrib.targets import Target
 from attrib.text.model import HFModel
 from tests.hf_models import tiny_bert_classifier, tiny_gpt2, tiny_tokenizer, tiny_vit
 from tests.reference_attention import chefer_reference, rollout_reference
@@ -166,6 +167,52 @@ def test_per_example_token_positions(encoded: Any, bert: Any) -> None:
             ids[i : i + 1], token=int(last[i]), additional_forward_args=(mask[i : i + 1],)
         )
         torch.testing.assert_close(per_row[i : i + 1], alone, rtol=1e-5, atol=1e-7)
+
+
+def test_last_token_of_a_right_padded_batch_is_each_examples_last_real_token() -> None:
+    gpt2 = HFModel(tiny_gpt2(0))
+    encoded = tiny_tokenizer("gpt2")(TEXTS, padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert bool((mask[:, -1] == 0).any())  # right padding: position -1 is padding for the short texts
+    lengths = mask.sum(1)
+    for chefer in (False, True):
+        method = GradientWeightedRollout(gpt2) if chefer else AttentionRollout(gpt2)
+        options = {"target": _next_token_logit(lengths)} if chefer else {}
+        batch = method.attribute(ids, token=-1, additional_forward_args=(mask,), batch_size=2, **options)
+        explicit = method.attribute(ids, token=lengths - 1, additional_forward_args=(mask,), **options)
+        torch.testing.assert_close(batch, explicit, rtol=1e-6, atol=1e-8)
+        second = method.attribute(ids, token=-2, additional_forward_args=(mask,), **options)
+        torch.testing.assert_close(
+            second, method.attribute(ids, token=lengths - 2, additional_forward_args=(mask,), **options)
+        )
+        for i in range(len(TEXTS)):  # each text alone, unpadded, explained at its last token
+            n = int(lengths[i])
+            single = {"target": _next_token_logit(lengths[i : i + 1])} if chefer else {}
+            alone = method.attribute(
+                ids[i : i + 1, :n], token=-1, additional_forward_args=(mask[i : i + 1, :n],), **single
+            )
+            torch.testing.assert_close(batch[i : i + 1, :n], alone, rtol=1e-5, atol=1e-7)
+            assert bool((batch[i, n:] == 0).all())
+    # Without a mask there is no padding to skip: -1 is position L - 1, as before.
+    without = AttentionRollout(gpt2).attribute(ids, token=-1)
+    torch.testing.assert_close(without, AttentionRollout(gpt2).attribute(ids, token=ids.shape[1] - 1))
+    # Left padding: the last real token is position L - 1 for every example.
+    left = mask.flip(1)
+    torch.testing.assert_close(
+        AttentionRollout(gpt2).attribute(ids, token=-1, additional_forward_args=(left,)),
+        AttentionRollout(gpt2).attribute(ids, token=ids.shape[1] - 1, additional_forward_args=(left,)),
+    )
+    with pytest.raises(ValueError, match="has 3 real tokens"):
+        AttentionRollout(gpt2).attribute(ids, token=-4, additional_forward_args=(mask,))
+
+
+def _next_token_logit(lengths: torch.Tensor) -> Target:
+    """Each example's logit of token 7 at its last real position (``(R, L, V)`` outputs)."""
+
+    def score(out: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+        return out[torch.arange(out.shape[0]), lengths[example] - 1, 7]
+
+    return Target.of_rows(score, lengths.shape[0])
 
 
 def _state(model: nn.Module) -> tuple[Any, ...]:

@@ -7,11 +7,12 @@ import torch
 from captum.attr import LayerIntegratedGradients as CaptumLayerIG
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from attrib.methods.layer_integrated_gradients import LayerIntegratedGradients
 from attrib.text.classifier import ClassifierExplainer
 from attrib.text.model import HFModel
-from attrib.text.tokens import TokenInputs, baseline_ids, token_feature_mask
+from attrib.text.tokens import TokenInputs, as_token_inputs, baseline_ids, token_feature_mask
 
 from . import reference_text as ref
 from .hf_models import CLS_ID, MASK_ID, PAD_ID, SEP_ID, WORDS, tiny_bert_classifier, tiny_tokenizer
@@ -35,9 +36,31 @@ def bert():
     return tiny_bert_classifier(2)
 
 
-def _logits(model, ids, mask):
+def _logits(model, ids, mask, token_type_ids=None):
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=mask).logits
+        return model(input_ids=ids, attention_mask=mask, token_type_ids=token_type_ids).logits
+
+
+FIRSTS = ["the cat sat", "bad", "alice likes tea"]
+SECONDS = ["a good movie", "not bad at all , very good", "she lives in paris"]
+
+
+def _pair_bert(seed: int, dtype: torch.dtype = torch.float32):
+    """A tiny BERT whose second segment embedding is far from the first: segments change the logits a lot."""
+    model = tiny_bert_classifier(seed).to(dtype)
+    with torch.no_grad():
+        model.bert.embeddings.token_type_embeddings.weight[1] += 1.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair_bert64():
+    return _pair_bert(1, torch.float64)
+
+
+@pytest.fixture(scope="module")
+def pairs(tok):
+    return tok(FIRSTS, SECONDS, padding=True, return_tensors="pt", return_token_type_ids=True)
 
 
 # --- references -------------------------------------------------------------------------
@@ -129,6 +152,138 @@ def test_integrated_gradients_matches_captum_layer_integrated_gradients(bert, to
         )
         ours, expected = maps.sum(-1), theirs.sum(-1)
     assert_close_rel(ours, expected.detach(), rtol=1e-4)
+
+
+# --- sentence pairs: token_type_ids travel with every row --------------------------------
+
+
+def test_sentence_pairs_keep_their_token_type_ids(pairs, tok):
+    inputs = TokenInputs.from_encoding(pairs, tok)
+    assert torch.equal(inputs.extra_inputs["token_type_ids"], pairs["token_type_ids"])
+    assert bool(inputs.extra_inputs["token_type_ids"].any())
+    # A pair's second text numbers its words after the first's: "word" features never merge across texts.
+    assert inputs.word_ids is not None
+    assert inputs.word_ids[0].tolist() == [-1, 0, 1, 2, -1, 3, 4, 5, -1] + [-1] * (inputs.word_ids.shape[1] - 9)
+    moved = inputs.to("cpu")
+    assert torch.equal(moved.extra_inputs["token_type_ids"], pairs["token_type_ids"])
+    assert torch.equal(inputs.columns(torch.tensor([0, 5])).extra_inputs["token_type_ids"][0], torch.tensor([0, 1]))
+
+
+def test_integrated_gradients_on_sentence_pairs_is_complete_for_the_real_input(pair_bert64, pairs, tok):
+    inputs = TokenInputs.from_encoding(pairs, tok)
+    types, mask = pairs["token_type_ids"], pairs["attention_mask"]
+    base = baseline_ids(inputs, "pad", tok)
+    gap = _logits(pair_bert64, pairs["input_ids"], mask, types)[:, 1] - _logits(pair_bert64, base, mask, types)[:, 1]
+    other = _logits(pair_bert64, pairs["input_ids"], mask)[:, 1] - _logits(pair_bert64, base, mask)[:, 1]
+    assert (gap - other).abs().min() > 1e-2  # the segments matter: the wrong input has another gap
+    result = ClassifierExplainer(pair_bert64, tokenizer=tok).attribute(pairs, target=1, n_steps=64, batch_size=9)
+    torch.testing.assert_close(result.scores.sum(1), gap, rtol=1e-4, atol=1e-6)
+    assert bool((result.scores[inputs.frozen()] == 0).all())
+    wte = pair_bert64.get_input_embeddings()
+    for i in range(inputs.n):  # and per token, the float64 loop on the real input
+        length = int(inputs.lengths[i])
+        ids, real = inputs.input_ids[i, :length], mask[i, :length]
+        score = ref.classifier_score(pair_bert64, real, 1, types[i, :length])
+        expected = ref.ig_per_token(score, wte(ids).detach(), wte(base[i, :length]).detach(), 64)
+        expected = expected * ~inputs.frozen()[i, :length]
+        assert_close_rel(result.scores[i, :length], expected, rtol=1e-9)
+
+
+def test_integrated_gradients_on_sentence_pairs_matches_captum_with_token_type_ids_as_forward_args(pairs, tok):
+    model = _pair_bert(2)
+    inputs = TokenInputs.from_encoding(pairs, tok)
+    base = baseline_ids(inputs, "pad", tok)
+    target = torch.tensor([1, 0, 1])
+
+    def forward(ids, mask, types):
+        return model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+
+    theirs = CaptumLayerIG(forward, model.bert.embeddings.word_embeddings).attribute(
+        inputs.input_ids,
+        base,
+        target=target,
+        additional_forward_args=(inputs.attention_mask, pairs["token_type_ids"]),
+        n_steps=50,
+    )
+    ours = ClassifierExplainer(model, tokenizer=tok).attribute(inputs, target=target, n_steps=50, batch_size=17)
+    assert_close_rel(ours.scores, (theirs.sum(-1) * ~inputs.frozen()).detach(), rtol=1e-4)
+
+
+def test_perturbation_methods_on_sentence_pairs_perturb_the_real_input(pair_bert64, pairs, tok):
+    inputs = TokenInputs.from_encoding(pairs, tok)
+    result = ClassifierExplainer(pair_bert64, "feature_ablation", tokenizer=tok).attribute(pairs, batch_size=4)
+    predicted = _logits(pair_bert64, pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"]).argmax(1)
+    assert torch.equal(result.target, predicted)
+    baselines = baseline_ids(inputs, "pad", tok)
+    for i in range(inputs.n):
+        length = int(inputs.lengths[i])
+        mask, types = pairs["attention_mask"][i : i + 1, :length], pairs["token_type_ids"][i : i + 1, :length]
+
+        def score(ids, mask=mask, types=types, target=int(predicted[i])):
+            return float(_logits(pair_bert64, ids.unsqueeze(0), mask, types)[0, target])
+
+        expected = ref.ablation_per_token(score, inputs.input_ids[i, :length], baselines[i, :length])
+        assert_close_rel(result.scores[i, :length], expected, rtol=1e-9)
+    shapley = ClassifierExplainer(pair_bert64, "shapley", tokenizer=tok).attribute(pairs, target=1, n_samples=2, seed=0)
+    gap = (
+        _logits(pair_bert64, pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"])[:, 1]
+        - _logits(pair_bert64, baselines, pairs["attention_mask"], pairs["token_type_ids"])[:, 1]
+    )
+    torch.testing.assert_close(shapley.scores.sum(1), gap, rtol=1e-9, atol=1e-12)
+
+
+class _BagOfWords(nn.Module):
+    """A classifier taking only ``input_ids`` and ``attention_mask`` (no segments)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.embed = nn.Embedding(60, 4)
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed
+
+    def forward(self, input_ids, attention_mask):
+        return self.head((self.embed(input_ids) * attention_mask.unsqueeze(-1)).sum(1))
+
+
+def test_a_model_without_segments_gets_no_token_type_ids(tok):
+    model = _BagOfWords()
+    plain = tok(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=True)
+    assert "token_type_ids" in plain and not bool(plain["token_type_ids"].any())
+    result = ClassifierExplainer(model, "input_x_gradient", tokenizer=tok).attribute(plain, target=1)  # zeros: dropped
+    hf, extra = HFModel(model).bind(TokenInputs.from_encoding(plain, tok).extra_inputs)
+    assert extra == () and hf.extra_inputs == ()
+    assert result.scores.shape == plain["input_ids"].shape
+    pair = tok(FIRSTS, SECONDS, padding=True, return_tensors="pt", return_token_type_ids=True)
+    with pytest.raises(ValueError, match="takes no token_type_ids"):
+        ClassifierExplainer(model, tokenizer=tok).attribute(pair, target=1)
+    with pytest.raises(ValueError, match="takes no token_type_ids"):
+        HFModel(model, extra_inputs=("token_type_ids",))
+
+
+def test_hf_model_passes_extra_inputs_by_keyword(pair_bert64, pairs):
+    hf = HFModel(pair_bert64, extra_inputs=("token_type_ids",))
+    ids, mask, types = pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"]
+    with torch.no_grad():
+        assert torch.equal(hf(ids, mask, types), pair_bert64(**pairs).logits)
+        assert torch.equal(HFModel(pair_bert64)(ids, mask), pair_bert64(input_ids=ids, attention_mask=mask).logits)
+    assert hf.taking(("token_type_ids",)) is hf and hf.taking(()).extra_inputs == ()
+    assert "extra_inputs=('token_type_ids',)" in repr(hf)
+    with pytest.raises(TypeError, match="1 per-token tensors"):
+        hf(ids, mask)
+    with pytest.raises(ValueError, match="extra_inputs must name"):
+        HFModel(pair_bert64, extra_inputs=("attention_mask",))
+    with pytest.raises(TypeError, match="extra_inputs must be a sequence"):
+        HFModel(pair_bert64, extra_inputs="token_type_ids")
+    with pytest.raises(ValueError, match="extra_inputs\\['token_type_ids'\\] must have the shape"):
+        TokenInputs(ids, mask, torch.zeros_like(ids, dtype=torch.bool), extra_inputs={"token_type_ids": types[:, :2]})
+    with pytest.raises(ValueError, match="extra_inputs must be keyed"):
+        TokenInputs(ids, mask, torch.zeros_like(ids, dtype=torch.bool), extra_inputs={"attention_mask": mask})
 
 
 # --- properties -------------------------------------------------------------------------
@@ -300,6 +455,12 @@ def test_special_tokens_are_explained_when_not_kept(bert64, tok):
 def test_bad_inputs_give_clear_errors(bert, tok):
     with pytest.raises(ValueError, match="tokenizer"):
         ClassifierExplainer(bert).attribute(["a good movie"], target=1)
+    with pytest.raises(ValueError, match="texts must be a non-empty list of strings"):
+        ClassifierExplainer(bert, tokenizer=tok).attribute([], target=1)
+    with pytest.raises(ValueError, match="texts must be a non-empty list of strings"):
+        as_token_inputs((), tok)
+    with pytest.raises(ValueError, match="texts must be a non-empty list of strings"):
+        TokenInputs.from_texts(tok, [])
     no_mask = tiny_tokenizer("gpt2")
     with pytest.raises(ValueError, match="no cls token"):
         ClassifierExplainer(bert, tokenizer=no_mask, baseline="cls").attribute(["a good movie"], target=1)

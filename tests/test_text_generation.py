@@ -12,7 +12,7 @@ from captum.attr import ShapleyValueSampling as CaptumShapleyValueSampling
 from attrib.core.randomness import make_generator
 from attrib.methods.layer_integrated_gradients import LayerIntegratedGradients
 from attrib.methods.shapley import feature_orders
-from attrib.text.generation import GenerationExplainer
+from attrib.text.generation import GenerationExplainer, greedy
 from attrib.text.model import HFModel, TargetLogProbs
 from attrib.text.template import TemplateInput
 from attrib.text.tokens import TokenInputs
@@ -162,6 +162,132 @@ def test_template_fields_grouped_by_mask_and_keyword_fields(gpt, tok):
     assert torch.equal(ours.matrix[:, 1], ours.matrix[:, 2])
 
 
+# --- per-token inputs beyond the mask (token_type_ids, position_ids) ---------------------
+
+
+def _with(tok, name, values, text=PROMPT):
+    """One prompt with a further per-token input ``name`` (its ``(P,)`` values)."""
+    ids = _ids(tok, text).unsqueeze(0)
+    return TokenInputs(
+        ids,
+        torch.ones_like(ids),
+        torch.zeros_like(ids, dtype=torch.bool),
+        extra_inputs={name: torch.as_tensor(values).unsqueeze(0)},
+    )
+
+
+def _with_segments(tok):
+    return _with(tok, "token_type_ids", [0, 0, 0, 1, 1])
+
+
+def test_prompt_segments_reach_the_model_and_continue_over_the_target(gpt64, tok):
+    prompt, target = _ids(tok, PROMPT), _ids(tok, TARGET)
+    inputs = _with_segments(tok)
+    segments = {"token_type_ids": inputs.extra_inputs["token_type_ids"][0]}
+    unk = torch.full_like(prompt, UNK_ID)
+    log_probs = ref.generation_log_probs(gpt64, prompt, target, segments)
+    assert (log_probs - ref.generation_log_probs(gpt64, prompt, target)).abs().max() > 1e-2  # segments matter
+    ablation = GenerationExplainer(gpt64, tok, "feature_ablation").attribute(inputs, target, batch_size=4)
+    assert_close_rel(ablation.log_probs, log_probs, rtol=1e-10)
+    assert_close_rel(ablation.matrix, ref.generation_ablation_matrix(gpt64, prompt, target, unk, segments), rtol=1e-9)
+    shapley = GenerationExplainer(gpt64, tok, "shapley").attribute(inputs, target, n_samples=2, seed=0)
+    gap = log_probs - ref.generation_log_probs(gpt64, unk, target, segments)
+    assert_close_rel(shapley.matrix.sum(1), gap, rtol=1e-9)
+    # GPT-2 embeds token_type_ids with its token embeddings (wte runs twice): embedding methods cannot run.
+    with pytest.raises(ValueError, match="runs 2 times per forward pass"):
+        GenerationExplainer(gpt64, tok).attribute(inputs, target)
+
+
+def test_prompt_positions_reach_the_model_and_count_on_over_the_target(gpt64, tok):
+    prompt, target = _ids(tok, PROMPT), _ids(tok, TARGET)
+    positions = torch.arange(7, 7 + prompt.shape[0])
+    inputs = _with(tok, "position_ids", positions)
+    extra = {"position_ids": positions}
+    unk = torch.full_like(prompt, UNK_ID)
+    log_probs = ref.generation_log_probs(gpt64, prompt, target, extra)
+    assert (log_probs - ref.generation_log_probs(gpt64, prompt, target)).abs().max() > 1e-2  # positions matter
+    sequence = torch.cat([prompt, target]).unsqueeze(0)
+    with torch.no_grad():  # one pass over prompt + target with positions 7, 8, ... gives the same
+        logits = gpt64(input_ids=sequence, position_ids=torch.arange(7, 7 + sequence.shape[1]).unsqueeze(0)).logits
+    direct = logits[0, prompt.shape[0] - 1 : -1].log_softmax(-1).gather(1, target.unsqueeze(1)).squeeze(1)
+    assert_close_rel(log_probs, direct, rtol=1e-10)
+    ig = GenerationExplainer(gpt64, tok).attribute(inputs, target, n_steps=12, batch_size=5)
+    assert_close_rel(ig.log_probs, log_probs, rtol=1e-10)
+    assert_close_rel(ig.matrix, ref.generation_ig_matrix(gpt64, prompt, target, unk, 12, extra), rtol=1e-9)
+    fine = GenerationExplainer(gpt64, tok).attribute(inputs, target, n_steps=64)
+    gap = log_probs - ref.generation_log_probs(gpt64, unk, target, extra)
+    torch.testing.assert_close(fine.matrix.sum(1), gap, rtol=1e-5, atol=1e-7)  # completeness on the real input
+    ablation = GenerationExplainer(gpt64, tok, "feature_ablation").attribute(inputs, target, batch_size=3)
+    assert_close_rel(ablation.matrix, ref.generation_ablation_matrix(gpt64, prompt, target, unk, extra), rtol=1e-9)
+
+
+def test_greedy_target_with_segments_is_what_generate_gives(gpt, tok):
+    inputs = _with_segments(tok)
+    ours = GenerationExplainer(gpt, tok, "feature_ablation").attribute(inputs, max_new_tokens=6)
+    with torch.no_grad():
+        generated = gpt.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            token_type_ids=inputs.extra_inputs["token_type_ids"],
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+        )[0, inputs.input_ids.shape[1] :]
+        plain = gpt.generate(input_ids=inputs.input_ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.target_ids, generated)
+    assert not torch.equal(generated, plain[0, inputs.input_ids.shape[1] :])  # the segments change the text
+
+
+def test_template_prompts_keep_the_tokenizers_segments(gpt64):
+    segmented = tiny_tokenizer("gpt2")
+    segmented.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    template = TemplateInput(*TEMPLATE)
+    target = _ids(segmented, "and sat .")
+    ours = GenerationExplainer(gpt64, segmented, "feature_ablation").attribute(template, target)
+
+    def total(present):
+        prompt = torch.tensor(segmented(template.text(present))["input_ids"])
+        return ref.generation_log_probs(gpt64, prompt, target, {"token_type_ids": torch.zeros_like(prompt)}).sum()
+
+    clean = total([True] * 3)
+    expected = torch.stack([clean - total([j != k for j in range(3)]) for k in range(3)])
+    assert_close_rel(ours.total, expected, rtol=1e-9)
+    plain = GenerationExplainer(gpt64, tiny_tokenizer("gpt2"), "feature_ablation").attribute(template, target)
+    assert (plain.total - ours.total).abs().max() > 1e-3  # GPT-2 adds the embedding of segment 0: not the same input
+
+
+def test_a_per_token_input_without_a_continuation_is_refused(gpt, tok):
+    ids = _ids(tok, PROMPT).unsqueeze(0)
+    odd = TokenInputs(
+        ids,
+        torch.ones_like(ids),
+        torch.zeros_like(ids, dtype=torch.bool),
+        extra_inputs={"encoder_attention_mask": torch.ones_like(ids)},
+    )
+    with pytest.raises(ValueError, match="cannot be continued over the target"):
+        GenerationExplainer(gpt, tok, "feature_ablation").attribute(odd, "bank")
+    with pytest.raises(ValueError, match="extra_inputs must hold"):
+        greedy(HFModel(gpt, extra_inputs=("token_type_ids",)), ids, 2)
+
+
+def test_template_input_repr():
+    template = TemplateInput(*TEMPLATE)
+    assert repr(template) == (
+        "TemplateInput('{} lives in {} and works at a {}', values=['alice', 'paris', 'bank'], "
+        "baselines=['bob', 'london', 'school'])"
+    )
+    keyed = TemplateInput("{a} in {b}", {"a": "alice", "b": "rome"}, mask={"a": 0, "b": 0})
+    assert repr(keyed) == (
+        "TemplateInput('{a} in {b}', values={'a': 'alice', 'b': 'rome'}, baselines={'a': '', 'b': ''}, "
+        "mask={'a': 0, 'b': 0})"
+    )
+
+    def sentence(name: str) -> str:
+        return f"{name} sat"
+
+    assert repr(TemplateInput(sentence, ["alice"])).startswith("TemplateInput('sentence', values=['alice']")
+
+
 # --- properties -------------------------------------------------------------------------
 
 
@@ -263,7 +389,7 @@ def test_state_is_restored_after_a_fault_mid_generation(tok):
 
 
 def test_heatmap_and_html_views(gpt, tok, tmp_path):
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (a dev dependency: the picture needs it)
     result = GenerationExplainer(gpt, tok, "feature_ablation").attribute(PROMPT, TARGET)
     path = result.heatmap(tmp_path / "matrix.png")
     assert path.stat().st_size > 0

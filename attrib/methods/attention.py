@@ -6,7 +6,9 @@ models with ``attn_implementation="eager"``, hand-written blocks,
 ``nn.MultiheadAttention`` recomputed step by step), combine the layers into
 one ``(L, L)`` token-to-token matrix and return the row of the explained
 token (``token=0``: the class token of ViT/BERT; ``token=-1``: the last token,
-as for GPT-2; or one position per example). Text gives ``(N, L)``; an image
+as for GPT-2, each example's last *real* token when an attention mask is among
+the forward arguments, see :func:`real_token_positions`; or one position per
+example). Text gives ``(N, L)``; an image
 input ``(N, C, H, W)`` gives the patch tokens as a map ``(N, 1, h, w)`` (the
 class and distillation tokens dropped, see :func:`attrib.core.attention.token_map`).
 """
@@ -52,6 +54,10 @@ class _AttentionMethod(Attribution):
         resolved = resolve_target(target, batch.n, batch.device)
         token = check_token(token)
         batch_size = check_batch_size(batch_size)
+        if isinstance(token, int) and token < 0:
+            mask = padding_mask(batch.tensors[0], args.args)
+            if mask is not None:
+                token = real_token_positions(mask, token)
 
         def run(start: int, stop: int) -> Tensor:
             index = torch.arange(start, stop, device=batch.device)
@@ -78,6 +84,49 @@ class _AttentionMethod(Attribution):
         if not recorder.maps:
             raise no_attention_error(model)
         return output
+
+
+def padding_mask(inputs: Tensor, args: tuple[Any, ...]) -> Tensor | None:
+    """The attention mask among the forward arguments of token inputs, or None.
+
+    For token ids ``(N, L)``: the first argument that is an integer or bool
+    tensor of the same shape holding only 0 and 1 (``model(ids, mask, ...)``,
+    as :class:`attrib.text.HFModel` takes it). Other inputs (images) have none.
+    """
+    if inputs.dim() != 2 or inputs.is_floating_point():
+        return None
+    for arg in args:
+        if (
+            isinstance(arg, Tensor)
+            and arg.shape == inputs.shape
+            and not arg.is_floating_point()
+            and not arg.is_complex()
+            and bool(((arg == 0) | (arg == 1)).all())
+        ):
+            return arg
+    return None
+
+
+def real_token_positions(mask: Tensor, token: int) -> Tensor:
+    """``(N,)`` the position of each example's ``-token``-th last real token (``mask`` != 0), ``token < 0``.
+
+    With right padding ``token=-1`` is each example's last real token, not the
+    padding after it; with left padding (or none) it is position ``L - 1``.
+
+    Raises:
+        ValueError: an example with fewer than ``-token`` real tokens.
+    """
+    real = mask != 0
+    k = -token
+    counts = real.sum(1)
+    if bool((counts < k).any()):
+        short = int(counts.argmin())
+        raise ValueError(
+            f"token={token} asks for the {k}-th last real token, but example {short} has "
+            f"{int(counts[short])} real tokens (attention mask != 0)"
+        )
+    after = real.flip(1).cumsum(1).flip(1)  # real tokens at or after each position
+    return (real & (after == k)).to(torch.uint8).argmax(1)
 
 
 def _batch_size_of(rows: tuple[Tensor, ...]) -> int:
@@ -115,7 +164,12 @@ class AttentionRollout(_AttentionMethod):
     Shapes: ``(N, L)`` for token inputs; ``(N, 1, h, w)`` for images
     ``(N, C, H, W)``; ``(N, K, ...)`` (the same map repeated) for an ``(N, K)``
     target. Padding is handled by the model's attention mask: padded keys get
-    no attention, so their columns are 0. One forward pass per block of
+    no attention, so their columns are 0. ``token``: an int position (0: the
+    class token) or one per example ``(N,)``; a negative int counts from the
+    end, and from each example's last *real* token when token ids come with
+    an attention mask among ``additional_forward_args`` (the first ``(N, L)``
+    0/1 integer tensor there), so ``token=-1`` never explains a right-padded
+    GPT-2 batch at its padding. One forward pass per block of
     ``batch_size`` examples, without gradients.
 
     Example:
@@ -187,7 +241,8 @@ class GradientWeightedRollout(_AttentionMethod):
     (class, ``(N, K)``, callable, :class:`attrib.Neuron`): ``K`` targets cost
     one forward pass and ``K`` backward passes. Shapes as
     :class:`AttentionRollout`: ``(N, L)``, ``(N, 1, h, w)`` for images,
-    ``(N, K, ...)`` for ``K`` targets.
+    ``(N, K, ...)`` for ``K`` targets; ``token`` (negative: from each
+    example's last real token under an attention mask) as there.
 
     Example:
         >>> chefer = attrib.GradientWeightedRollout(vit)

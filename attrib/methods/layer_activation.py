@@ -22,10 +22,14 @@ class LayerActivation(ExplicitLayerAttribution):
     ``attribute_to_layer_input=True``), computed without gradients,
     ``batch_size`` examples at a time. Inputs may be integer token ids.
 
-    **Target-agnostic**: with ``target=None`` the model output is never read
-    (any model works). Any other ``target`` only sets the shape: for an
-    ``(N, K)`` target the activation is repeated, ``(N, K, ...)``; the target
-    is still checked against the model output as by every method.
+    **Target-agnostic**: the activation does not depend on a target, and
+    ``target`` never changes the values. With ``target=None`` the model output
+    is never read (any model works). Any other ``target`` only sets the shape:
+    an ``(N,)`` target (or a scalar, a callable, ...) gives the same
+    ``(N, ...)`` map as ``target=None``; an ``(N, K)`` target only repeats that
+    map ``K`` times, ``(N, K, ...)``. The target is still checked against the
+    model output as by every method. For a map that depends on the target use
+    :class:`LayerGradientXActivation` or :class:`attrib.LayerIntegratedGradients`.
 
     Example:
         >>> acts = attrib.LayerActivation(model, "layer3").attribute(images)         # (N, 256, h, w)
@@ -41,7 +45,12 @@ class LayerActivation(ExplicitLayerAttribution):
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
     ) -> Tensor:
-        """The layer's output (or input) for ``inputs``: ``(N, ...)``, or ``(N, K, ...)`` for an ``(N, K)`` target."""
+        """The layer's output (or input) for ``inputs``: ``(N, ...)``, or ``(N, K, ...)`` for an ``(N, K)`` target.
+
+        ``target`` does not change the values (the activation depends on no
+        target): it is checked against the model output, and an ``(N, K)``
+        target only repeats the ``(N, ...)`` map ``K`` times.
+        """
         batch = as_input_batch(inputs, floating=False)
         args = as_forward_args(additional_forward_args, batch.n)
         batch_size = check_batch_size(batch_size)

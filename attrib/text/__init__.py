@@ -15,7 +15,10 @@
 
 ``transformers`` is not imported here: any model taking ``input_ids=`` and
 ``attention_mask=`` works, and tokenizers are duck-typed (the ``text`` extra
-installs ``transformers`` and ``tokenizers``).
+installs ``transformers`` and ``tokenizers``). The encoding's further
+per-token tensors (``token_type_ids`` of sentence pairs, ``position_ids``:
+:attr:`TokenInputs.extra_inputs`) reach the model with every explained row, as
+the attention mask does, so the explanation is that of ``model(**encoding)``.
 
 Example:
     >>> from attrib.text import ClassifierExplainer, GenerationExplainer

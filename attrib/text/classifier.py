@@ -12,7 +12,7 @@ from ..core.batching import BatchSize, check_batch_size, map_blocks
 from ..core.forward import first_parameter
 from ..core.state import guarded
 from ..targets import TargetLike
-from .methods import METHODS, TokenMethod, check_options, run, token_method
+from .methods import METHODS, TokenMethod, check_embeddings_run_once, check_options, run, token_method
 from .model import HFModel
 from .scores import TokenScores
 from .tokens import TokenInputs, as_token_inputs, baseline_ids, token_feature_mask
@@ -105,12 +105,17 @@ class ClassifierExplainer:
         """Per-token scores of ``target`` (the predicted class if None) for each text of ``inputs``.
 
         ``inputs``: :class:`TokenInputs`, text(s) (with a tokenizer), a
-        tokenizer output or ids. ``options`` go to the method (``n_steps``,
-        ``n_samples``, ``seed``, ...).
+        tokenizer output (sentence pairs: ``tokenizer(firsts, seconds,
+        return_tensors="pt")``) or ids. The inputs' further per-token tensors
+        (:attr:`TokenInputs.extra_inputs`: ``token_type_ids``,
+        ``position_ids``) reach the model with every row, as the attention
+        mask does. ``options`` go to the method (``n_steps``, ``n_samples``,
+        ``seed``, ...).
 
         Raises:
-            ValueError: texts without a tokenizer, a named baseline the
-                tokenizer lacks, word granularity without word ids.
+            ValueError: an empty list of texts, texts without a tokenizer, a
+                named baseline the tokenizer lacks, word granularity without
+                word ids, a per-token input the model does not take.
         """
         check_options(options)
         batch_size = check_batch_size(batch_size)
@@ -119,11 +124,17 @@ class ClassifierExplainer:
         if device is not None and tokens.device != device:
             tokens = tokens.to(device)
         ids, mask = tokens.input_ids, tokens.attention_mask
+        # Segment / position ids travel with the mask, so every row is the input model(**encoding) sees.
+        model, extra = self.model.bind(tokens.extra_inputs)
+        method = self.method if model is self.model else self.spec.build(model, model.embeddings)
+        args = (mask, *extra)
+        first = tuple(a[:1] for a in (ids, *args))
+        check_embeddings_run_once(self.spec, model, model.embeddings, model.extra_inputs, first)
         baselines = baseline_ids(tokens, self.baseline, self._ids_source(), keep_special=self.keep_special)
         features = token_feature_mask(tokens, self.granularity, keep_special=self.keep_special)
-        explained = self._predicted(ids, mask, batch_size) if target is None else target
+        explained = self._predicted(model, ids, args, batch_size) if target is None else target
         scores = run(
-            self.spec, self.method, ids, (mask,), explained, baselines, features, {"batch_size": batch_size, **options}
+            self.spec, method, ids, args, explained, baselines, features, {"batch_size": batch_size, **options}
         )
         frozen = tokens.frozen(self.keep_special)
         aligned = frozen.unsqueeze(1) if scores.dim() == 3 else frozen
@@ -132,11 +143,12 @@ class ClassifierExplainer:
             scores = _group_totals(scores, features).masked_fill(aligned, 0.0)
         return TokenScores(scores, ids, mask, tokens.tokens, explained, self.spec.name, frozen)
 
-    def _predicted(self, ids: Tensor, mask: Tensor, batch_size: BatchSize) -> Tensor:
+    @staticmethod
+    def _predicted(model: HFModel, ids: Tensor, args: tuple[Tensor, ...], batch_size: BatchSize) -> Tensor:
         """The top-1 class of each example ``(N,)``, ``batch_size`` rows at a time, without gradients."""
 
         def top1(start: int, stop: int) -> Tensor:
-            logits: Tensor = self.model(ids[start:stop], mask[start:stop])
+            logits: Tensor = model(ids[start:stop], *(a[start:stop] for a in args))
             if logits.dim() != 2:
                 raise ValueError(
                     f"target=None needs class logits (N, C), but the model gives shape {tuple(logits.shape)}; "
@@ -144,7 +156,7 @@ class ClassifierExplainer:
                 )
             return logits.argmax(1)
 
-        with guarded(self.model), torch.no_grad():
+        with guarded(model), torch.no_grad():
             return torch.cat(map_blocks(ids.shape[0], batch_size, top1))
 
 

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from ..core.batching import BatchSize, check_batch_size
 from ..core.forward import first_parameter
 from ..core.state import guarded
-from .methods import TokenMethod, check_options, run, token_method
-from .model import HFModel, TargetLogProbs
+from .methods import TokenMethod, check_embeddings_run_once, check_options, run, token_method
+from .model import HFModel, TargetLogProbs, continuation
 from .scores import GenerationScores
 from .template import TemplateInput, TemplateLogProbs
 from .tokens import TokenInputs, as_token_inputs, baseline_ids, token_feature_mask
@@ -136,31 +136,35 @@ class GenerationExplainer:
         else:
             tokens = _single_prompt(as_token_inputs(prompt, self.tokenizer, name="prompt"))
         tokens = tokens.to(device) if device is not None else tokens
-        target_ids = self._target_ids(tokens, target, max_new_tokens)
+        # Segment / position ids travel with the mask and are continued over the target (TargetLogProbs).
+        model, extra = self.model.bind(tokens.extra_inputs)
+        target_ids = self._target_ids(model, tokens, extra, target, max_new_tokens)
         steps = target_ids.shape[0]
 
-        scorer = TargetLogProbs(self.model, target_ids, with_total=not self.spec.linear)
+        scorer = TargetLogProbs(model, target_ids, with_total=not self.spec.linear)
         columns = torch.arange(scorer.with_total + steps, device=target_ids.device).unsqueeze(0)
         options = {"batch_size": batch_size, **options}
+        ids, mask = tokens.input_ids, tokens.attention_mask
         if template is None:
-            ids, mask = tokens.input_ids, tokens.attention_mask
             baselines = baseline_ids(tokens, self.baseline, self._ids_source(), keep_special=self.keep_special)
             features = token_feature_mask(tokens, self.granularity, keep_special=self.keep_special)
-            method = self.spec.build(scorer, self.model.embeddings)
+            args = (mask, *extra)
+            check_embeddings_run_once(self.spec, scorer, model.embeddings, model.extra_inputs, (ids, *args))
+            method = self.spec.build(scorer, model.embeddings)
             # Embedding maps cover prompt + target positions; the target's are fixed (0): keep the prompt's.
-            scores = run(self.spec, method, ids, (mask,), columns, baselines, features, options)[0, :, : ids.shape[1]]
+            scores = run(self.spec, method, ids, args, columns, baselines, features, options)[0, :, : ids.shape[1]]
             scores = scores.masked_fill(tokens.frozen(self.keep_special)[0], 0.0)
             prompt_ids: Tensor | None = ids[0]
             prompt_tokens = _strings(self.tokenizer, ids[0])
         else:
             wrapped = TemplateLogProbs(scorer, template, self.tokenizer)
             present = torch.ones(1, template.n_fields, device=target_ids.device)
-            method = self.spec.build(wrapped, self.model.embeddings)
-            mask = template.feature_mask(target_ids.device)
-            scores = run(self.spec, method, present, (), columns, torch.zeros_like(present), mask, options)[0]
+            method = self.spec.build(wrapped, model.embeddings)
+            fields = template.feature_mask(target_ids.device)
+            scores = run(self.spec, method, present, (), columns, torch.zeros_like(present), fields, options)[0]
             prompt_ids, prompt_tokens = None, list(template.values)
-        with guarded(self.model), torch.no_grad():
-            log_probs = TargetLogProbs(self.model, target_ids)(tokens.input_ids, tokens.attention_mask)[0]
+        with guarded(model), torch.no_grad():
+            log_probs = TargetLogProbs(model, target_ids)(ids, mask, *extra)[0]
         matrix, total = (scores, scores.sum(0)) if self.spec.linear else (scores[:steps], scores[steps])
         return GenerationScores(
             matrix=matrix,
@@ -173,10 +177,12 @@ class GenerationExplainer:
             method=self.spec.name,
         )
 
-    def _target_ids(self, prompt: TokenInputs, target: Any, max_new_tokens: int) -> Tensor:
+    def _target_ids(
+        self, model: HFModel, prompt: TokenInputs, extra: tuple[Tensor, ...], target: Any, max_new_tokens: int
+    ) -> Tensor:
         """The continuation's ids ``(T,)``: the given one, checked, or the greedy one."""
         length = prompt.input_ids.shape[1]
-        limit = self.model.max_positions
+        limit = model.max_positions
         if target is None:
             if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -185,7 +191,8 @@ class GenerationExplainer:
                     f"the prompt has {length} tokens, so max_new_tokens={max_new_tokens} would exceed the model's "
                     f"{limit} positions; lower max_new_tokens to at most {limit - length}"
                 )
-            return greedy(self.model, prompt.input_ids, max_new_tokens, _eos_ids(self.tokenizer, self.model))
+            eos = _eos_ids(self.tokenizer, model)
+            return greedy(model, prompt.input_ids, max_new_tokens, eos, extra_inputs=extra)
         if isinstance(target, str):
             if self.tokenizer is None:
                 raise ValueError("target is text, which needs a tokenizer: pass tokenizer=, or target ids")
@@ -217,19 +224,39 @@ class GenerationExplainer:
         return ids.to(prompt.device)
 
 
-def greedy(model: HFModel, prompt_ids: Tensor, max_new_tokens: int, eos: Sequence[int] = ()) -> Tensor:
+def greedy(
+    model: HFModel,
+    prompt_ids: Tensor,
+    max_new_tokens: int,
+    eos: Sequence[int] = (),
+    *,
+    extra_inputs: Sequence[Tensor] = (),
+) -> Tensor:
     """Greedy continuation ``(T,)`` of a prompt ``(1, P)``: the argmax token, ``max_new_tokens`` times.
 
     Stops after an ``eos`` token (kept, as HuggingFace's ``generate``). Runs
     under the state guard without gradients; each step is a full forward
     pass with ``use_cache=False``, so the model's config is never touched.
+    ``extra_inputs``: the prompt's ``(1, P)`` tensors for ``model.extra_inputs``
+    (``token_type_ids``, ``position_ids``), continued over the new tokens as
+    :func:`~attrib.text.model.continuation` says.
     """
+    if len(extra_inputs) != len(model.extra_inputs):
+        raise ValueError(
+            f"extra_inputs must hold the prompt's {', '.join(model.extra_inputs) or 'no'} per-token tensors "
+            f"(the model's extra_inputs), got {len(extra_inputs)}"
+        )
     generated: list[Tensor] = []
     stop = torch.tensor(list(eos), dtype=torch.long, device=prompt_ids.device)
+    length = torch.full((prompt_ids.shape[0], 1), prompt_ids.shape[1], device=prompt_ids.device)
     with guarded(model), torch.no_grad():
         sequence = prompt_ids
-        for _ in range(max_new_tokens):
-            logits: Tensor = model(sequence, torch.ones_like(sequence))
+        for step in range(max_new_tokens):
+            extra = [
+                torch.cat([value, continuation(name, value, length, step)], 1)
+                for name, value in zip(model.extra_inputs, extra_inputs)
+            ]
+            logits: Tensor = model(sequence, torch.ones_like(sequence), *extra)
             token = logits[:, -1].argmax(-1)  # (1,)
             generated.append(token)
             sequence = torch.cat([sequence, token.unsqueeze(1)], 1)
@@ -247,11 +274,7 @@ def _single_prompt(tokens: TokenInputs) -> TokenInputs:
         raise ValueError("prompt has no tokens (its attention mask is all 0)")
     if keep.numel() == tokens.input_ids.shape[1]:
         return tokens
-    word_ids = None if tokens.word_ids is None else tokens.word_ids[:, keep]
-    names = None if tokens.tokens is None else [[tokens.tokens[0][i] for i in keep.tolist()]]
-    return TokenInputs(
-        tokens.input_ids[:, keep], tokens.attention_mask[:, keep], tokens.special_tokens_mask[:, keep], word_ids, names
-    )
+    return tokens.columns(keep)
 
 
 def _strings(tokenizer: Any, ids: Tensor) -> list[str]:

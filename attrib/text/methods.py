@@ -19,13 +19,15 @@ attributions (LIME's lasso fit and saliency's norm are not).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..attribution import Attribution
+from ..core.state import guarded
 from ..layer_attribution import LayerAttribution
 from ..methods.feature_ablation import FeatureAblation
 from ..methods.kernel_shap import KernelShap
@@ -110,6 +112,41 @@ def check_options(options: dict[str, Any]) -> None:
                 f"{name}= is set by the explainer (baselines from baseline=, features from granularity=, the "
                 f"attention mask as a forward argument); it cannot be passed as an option"
             )
+
+
+def check_embeddings_run_once(
+    spec: TokenMethod, model: nn.Module, embeddings: nn.Module, names: Sequence[str], row: tuple[Tensor, ...]
+) -> None:
+    """Refuse an embedding method when the per-token inputs ``names`` make the embedding module run twice.
+
+    GPT-2 embeds ``token_type_ids`` with its token embeddings: the module
+    then runs once for the tokens and once for the segments, and a method at
+    its output cannot tell them apart. One forward pass of the first row
+    (``row``: ``model``'s positional arguments) counts the calls.
+
+    Raises:
+        ValueError: the embedding module runs more than once per forward pass.
+    """
+    if spec.kind != "embedding" or not names:
+        return
+    calls = [0]
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        calls[0] += 1
+
+    handle = embeddings.register_forward_hook(count)
+    try:
+        with guarded(model), torch.no_grad():
+            model(*row)
+    finally:
+        handle.remove()
+    if calls[0] > 1:
+        raise ValueError(
+            f"with {', '.join(names)} the token-embedding module runs {calls[0]} times per forward pass (GPT-2 "
+            f"embeds token_type_ids with its token embeddings), so {spec.name} at the embeddings cannot tell the "
+            "tokens apart; use a perturbation method (feature_ablation, shapley, kernel_shap, lime), or inputs "
+            f"without {', '.join(names)}"
+        )
 
 
 def _accepted(method: Attribution, options: dict[str, Any]) -> dict[str, Any]:

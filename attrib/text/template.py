@@ -72,6 +72,18 @@ class TemplateInput:
     def n_fields(self) -> int:
         return len(self.values)
 
+    def __repr__(self) -> str:
+        template = self.template if isinstance(self.template, str) else getattr(self.template, "__name__", "<callable>")
+        if self.keys is not None:
+            values: Any = dict(zip(self.keys, self.values))
+            baselines: Any = dict(zip(self.keys, self.baselines))
+            mask: Any = dict(zip(self.keys, self.mask))
+        else:
+            values, baselines, mask = self.values, self.baselines, self.mask
+        shown = f"TemplateInput({template!r}, values={values!r}, baselines={baselines!r}"
+        default_mask = self.mask == list(range(len(self.values)))
+        return shown + (")" if default_mask else f", mask={mask!r})")
+
     def text(self, present: Sequence[bool]) -> str:
         """The prompt with field ``i`` at its value where ``present[i]`` and at its baseline elsewhere."""
         fields = [v if on else b for v, b, on in zip(self.values, self.baselines, present)]
@@ -97,7 +109,9 @@ class TemplateLogProbs(nn.Module):
     Row ``r``'s prompt is ``template.text(present[r] > 0.5)``, tokenized as
     the tokenizer does by default (special tokens added); the prompts of a
     block are padded together and scored by :class:`TargetLogProbs` in one
-    forward pass. Tokenizing is host work: each block's flags are read once.
+    forward pass, with the further per-token inputs its model takes
+    (``token_type_ids``, ...) from the same tokenization. Tokenizing is host
+    work: each block's flags are read once.
     """
 
     def __init__(self, scorer: TargetLogProbs, template: TemplateInput, tokenizer: Any) -> None:
@@ -106,17 +120,30 @@ class TemplateLogProbs(nn.Module):
         self.template = template
         self.tokenizer = tokenizer
 
-    def prompt_ids(self, present: Tensor) -> tuple[Tensor, Tensor]:
-        """The padded ids and mask ``(R, L)`` of each row's prompt, on ``present``'s device."""
+    def prompt_ids(self, present: Tensor) -> tuple[Tensor, ...]:
+        """The padded ids and mask ``(R, L)`` of each row's prompt, on ``present``'s device.
+
+        Then one ``(R, L)`` tensor for each of the scorer's model's
+        ``extra_inputs``, read from the same tokenizer output.
+        """
         texts = [self.template.text(row) for row in (present > 0.5).tolist()]
-        rows = [list(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        encoded = self.tokenizer(texts)
+        rows = [list(ids) for ids in encoded["input_ids"]]
         if any(not r for r in rows):
             raise ValueError("a prompt of the template tokenizes to no tokens; give the fields non-empty baselines")
         width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=present.device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=present.device)
-        return ids, mask
+
+        def padded(entries: list[list[int]], dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.tensor([e + [0] * (width - len(e)) for e in entries], dtype=dtype, device=present.device)
+
+        ids = padded(rows)
+        mask = padded([[1] * len(r) for r in rows], torch.int64)
+        extra = []
+        for name in self.scorer.lm.extra_inputs:
+            if name not in encoded:
+                raise ValueError(f"the tokenizer gives {name} for the template's prompt but not for its perturbed ones")
+            extra.append(padded([list(v) for v in encoded[name]]))
+        return (ids, mask, *extra)
 
     def forward(self, present: Tensor) -> Tensor:
-        ids, mask = self.prompt_ids(present)
-        return self.scorer(ids, mask)  # type: ignore[no-any-return]
+        return self.scorer(*self.prompt_ids(present))  # type: ignore[no-any-return]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,6 +38,15 @@ class TokenInputs:
         word_ids: ``(N, L)`` long, the word each token belongs to (``-1`` at special
             tokens and padding), or None when the tokenizer does not tell.
         tokens: the token strings per example (padding included), or None.
+        extra_inputs: the encoding's other per-token ``(N, L)`` tensors, by the
+            keyword the model takes them under (``token_type_ids`` of sentence
+            pairs, ``position_ids``); the explainers pass them to the model with
+            every row, as the attention mask (see :meth:`HFModel.bind
+            <attrib.text.HFModel.bind>`). Empty for most inputs.
+
+    Example:
+        >>> enc = tokenizer(["the cat sat"], ["a good movie"], return_tensors="pt", return_token_type_ids=True)
+        >>> TokenInputs.from_encoding(enc, tokenizer).extra_inputs["token_type_ids"]   # 0 0 0 0 0 1 1 1 1
     """
 
     input_ids: Tensor
@@ -45,6 +54,7 @@ class TokenInputs:
     special_tokens_mask: Tensor
     word_ids: Tensor | None = None
     tokens: list[list[str]] | None = None
+    extra_inputs: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = self.input_ids
@@ -62,6 +72,21 @@ class TokenInputs:
             len(self.tokens) != ids.shape[0] or any(len(row) != ids.shape[1] for row in self.tokens)
         ):
             raise ValueError(f"tokens must hold {ids.shape[1]} strings for each of the {ids.shape[0]} examples")
+        if not isinstance(self.extra_inputs, Mapping):
+            raise TypeError(
+                f"extra_inputs must map keyword names to (N, L) tensors, got {type(self.extra_inputs).__name__}"
+            )
+        for name, value in self.extra_inputs.items():
+            if not isinstance(name, str) or name in _OWN_KEYS:
+                raise ValueError(
+                    f"extra_inputs must be keyed by the model's other keyword arguments, not {name!r} "
+                    "(input_ids, attention_mask and special_tokens_mask are fields of their own)"
+                )
+            if not isinstance(value, Tensor) or value.shape != ids.shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"extra_inputs[{name!r}] must have the shape of input_ids {tuple(ids.shape)}, got {shape}"
+                )
 
     @property
     def n(self) -> int:
@@ -86,6 +111,19 @@ class TokenInputs:
             attention_mask=self.attention_mask.to(device),
             special_tokens_mask=self.special_tokens_mask.to(device),
             word_ids=word_ids,
+            extra_inputs={name: value.to(device) for name, value in self.extra_inputs.items()},
+        )
+
+    def columns(self, keep: Tensor) -> TokenInputs:
+        """The same examples restricted to the positions ``keep`` (``(L',)`` indices), every per-token field alike."""
+        tokens = None if self.tokens is None else [[row[i] for i in keep.tolist()] for row in self.tokens]
+        return TokenInputs(
+            self.input_ids[:, keep],
+            self.attention_mask[:, keep],
+            self.special_tokens_mask[:, keep],
+            None if self.word_ids is None else self.word_ids[:, keep],
+            tokens,
+            {name: value[:, keep] for name, value in self.extra_inputs.items()},
         )
 
     def frozen(self, keep_special: bool = True) -> Tensor:
@@ -119,7 +157,11 @@ class TokenInputs:
 
         Reads ``input_ids``, ``attention_mask`` (all ones if absent) and
         ``special_tokens_mask`` (else computed from ``tokenizer``'s special
-        ids); word ids come from a fast tokenizer's ``encoding.word_ids(i)``.
+        ids); word ids come from a fast tokenizer's ``encoding.word_ids(i)``
+        (the words of a pair's second text numbered after the first's). Every
+        other ``(N, L)`` entry (``token_type_ids``, ``position_ids``, ...; not
+        ``labels`` nor ``offset_mapping``) is kept in :attr:`extra_inputs`, so
+        the model is explained on exactly what ``model(**encoding)`` sees.
         """
         if not isinstance(encoding, Mapping) and not hasattr(encoding, "keys"):
             raise TypeError(
@@ -131,6 +173,7 @@ class TokenInputs:
         ids = torch.as_tensor(encoding["input_ids"])
         mask = encoding["attention_mask"] if "attention_mask" in encoding else None
         base = cls.from_ids(ids, None if mask is None else torch.as_tensor(mask), tokenizer)
+        extra = _per_token_entries(encoding, base.input_ids.shape, ids.device)
         special = base.special_tokens_mask
         if "special_tokens_mask" in encoding:
             given = torch.as_tensor(encoding["special_tokens_mask"]).reshape(base.input_ids.shape).to(ids.device)
@@ -146,7 +189,8 @@ class TokenInputs:
             if rows is not None and all(r is not None for r in rows):
                 word_ids = torch.tensor([[-1 if w is None else int(w) for w in row] for row in rows], device=ids.device)
                 word_ids = torch.where(special | (base.attention_mask == 0), -1, word_ids)
-        return replace(base, special_tokens_mask=special, word_ids=word_ids)
+                word_ids = _number_pair_words(encoding, word_ids)
+        return replace(base, special_tokens_mask=special, word_ids=word_ids, extra_inputs=extra)
 
     @classmethod
     def from_texts(cls, tokenizer: Any, texts: str | Sequence[str], **tokenizer_kwargs: Any) -> TokenInputs:
@@ -161,10 +205,52 @@ class TokenInputs:
                 "pass tokenizer=..., or pass TokenInputs / token ids instead of strings"
             )
         batch = [texts] if isinstance(texts, str) else list(texts)
-        if not batch or not all(isinstance(t, str) for t in batch):
-            raise TypeError("texts must be a string or a non-empty sequence of strings")
+        if not batch:
+            raise ValueError("texts must be a non-empty list of strings, got an empty one")
+        if not all(isinstance(t, str) for t in batch):
+            raise TypeError("texts must be a string or a non-empty list of strings")
         options = {"padding": True, "return_special_tokens_mask": True, "return_tensors": "pt", **tokenizer_kwargs}
         return cls.from_encoding(tokenizer(batch, **options), tokenizer)
+
+
+_OWN_KEYS = ("input_ids", "attention_mask", "special_tokens_mask")
+#: Entries of an encoding that are not model inputs (or not the model's inputs to explain).
+_NOT_INPUTS = (*_OWN_KEYS, "labels", "offset_mapping", "length", "overflow_to_sample_mapping")
+
+
+def _per_token_entries(encoding: Any, shape: torch.Size, device: torch.device) -> dict[str, Tensor]:
+    """The encoding's other ``(N, L)`` entries (``token_type_ids``, ``position_ids``, ...), as tensors."""
+    extra: dict[str, Tensor] = {}
+    for name in encoding.keys():
+        if not isinstance(name, str) or name in _NOT_INPUTS:
+            continue
+        try:
+            value = torch.as_tensor(encoding[name])
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if value.dim() == 2 and value.shape == shape:
+            extra[name] = value.to(device)
+    return extra
+
+
+def _number_pair_words(encoding: Any, word_ids: Tensor) -> Tensor:
+    """Word ids unique across a pair's two texts: the second text's words numbered after the first's.
+
+    A fast tokenizer numbers the words of each text of a pair from 0
+    (``encoding.sequence_ids(i)`` tells which text a token comes from).
+    """
+    reader = getattr(encoding, "sequence_ids", None)
+    if not callable(reader):
+        return word_ids
+    try:
+        rows = [reader(i) for i in range(word_ids.shape[0])]
+    except (ValueError, IndexError):
+        return word_ids
+    second = torch.tensor([[s == 1 for s in row] for row in rows], device=word_ids.device)
+    if second.shape != word_ids.shape or not bool(second.any()):
+        return word_ids
+    first_count = torch.where(second | (word_ids < 0), -1, word_ids).max(1, keepdim=True).values + 1
+    return torch.where(second & (word_ids >= 0), word_ids + first_count, word_ids)
 
 
 def _special_ids(ids: Tensor, tokenizer: Any) -> Tensor:
@@ -185,6 +271,8 @@ def as_token_inputs(inputs: Any, tokenizer: Any = None, *, name: str = "inputs")
     """
     if isinstance(inputs, TokenInputs):
         return inputs
+    if isinstance(inputs, (list, tuple)) and not inputs:
+        raise ValueError(f"{name}: texts must be a non-empty list of strings, got an empty {type(inputs).__name__}")
     if isinstance(inputs, str) or (
         isinstance(inputs, Sequence) and not isinstance(inputs, Tensor) and inputs and isinstance(inputs[0], str)
     ):
