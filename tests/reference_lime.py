@@ -28,6 +28,11 @@ def similarity(x: Sequence[Tensor], row: Sequence[Tensor], kernel_width: float, 
     """Captum's exponential kernel of the cosine or Euclidean distance between the flattened input and row."""
     a = torch.cat([t.flatten() for t in x]).double()
     b = torch.cat([t.flatten() for t in row]).double()
+    return vector_similarity(a, b, kernel_width, distance)
+
+
+def vector_similarity(a: Tensor, b: Tensor, kernel_width: float, distance: str) -> float:
+    """``exp(-d(a, b)^2 / (2 width^2))`` with ``d`` the cosine (norms clamped at 1e-8) or Euclidean distance."""
     if distance == "cosine":
         d = 1 - float(a @ b) / (max(float(a.norm()), 1e-8) * max(float(b.norm()), 1e-8))
     else:
@@ -76,11 +81,14 @@ def lime_reference(
     alpha: float = 0.01,
     kernel_width: float = 1.0,
     distance: str = "cosine",
+    presence: bool = False,
 ) -> dict[int, float]:
-    """One example's LIME coefficients by caller's id, for coalitions ``present`` (S, F) over ``ids`` in order.
+    """One example's LIME coefficients by caller's id, for coalitions ``present`` (S, M) over its ids in order.
 
-    Column ``j`` of ``present`` is the ``j``-th id over all inputs' masks in
-    increasing order (of the whole batch); only the example's own ids enter its fit.
+    Column ``j`` of ``present`` is the example's ``j``-th id over all inputs'
+    masks in increasing order. With ``presence`` (token ids) the kernel's
+    distance is between the all-ones vector and the coalition ``z`` (LIME's
+    text explainer), not between the input and the row.
     """
     ids = players_of(masks)
     z, y, w = [], [], []
@@ -89,7 +97,11 @@ def lime_reference(
         rows = coalition(x, baseline, masks, on)
         z.append([1.0 if keep else 0.0 for keep in row])
         y.append(float(score(rows).detach().sum()))
-        w.append(similarity(x, rows, kernel_width, distance))
+        if presence:
+            ones = torch.ones(len(ids), dtype=torch.float64)
+            w.append(vector_similarity(ones, torch.tensor(z[-1], dtype=torch.float64), kernel_width, distance))
+        else:
+            w.append(similarity(x, rows, kernel_width, distance))
     coef = weighted_fit(np.array(z), np.array(y), np.array(w), model, alpha)
     return dict(zip(ids, coef.tolist()))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import FeatureAblation as CaptumFeatureAblation
@@ -10,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from attrib.core.checks import positive_int
+from attrib.core.features import as_feature_groups
+from attrib.core.inputs import as_input_batch
 from attrib.methods.feature_ablation import FeatureAblation, FeaturePermutation, batch_permutations
 from attrib.methods.shapley import ShapleyValueSampling
 
@@ -273,8 +277,9 @@ def test_other_bad_arguments_are_refused_by_name():
         FeatureAblation(model).attribute(ids, 0, baselines=0.5)
     with pytest.raises(ValueError, match="N >= 2"):
         FeaturePermutation(SmoothNet()).attribute(torch.zeros(1, 6), 0)
-    with pytest.raises(ValueError, match="n_permutations"):
-        FeaturePermutation(SmoothNet()).attribute(torch.zeros(2, 6), 0, n_permutations=0)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="n_permutations must be a positive int"):
+            FeaturePermutation(SmoothNet()).attribute(torch.zeros(2, 6), 0, n_permutations=bad)
     with pytest.raises(ValueError, match="seed or generator"):
         FeaturePermutation(SmoothNet()).attribute(torch.zeros(2, 6), 0, seed=1, generator=torch.Generator())
     with pytest.raises(ValueError, match="batch_size"):
@@ -286,6 +291,61 @@ def test_other_bad_arguments_are_refused_by_name():
         )
     with pytest.raises(ValueError, match="finite"):
         FeatureAblation(SmoothNet()).attribute(torch.full((2, 6), float("nan")), 0)
+
+
+class CountingRows(nn.Module):
+    """Counts the rows it scores."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+def test_per_example_masks_score_one_copy_per_feature_of_the_widest_example():
+    """Ids 0..2 and 10..15: 1 + 6 copies per example (each example's own features), not 1 + 9 (every id)."""
+    model = CountingRows(SmoothNet(features=6).double())
+    x = inputs_for((6,), 2, 4, torch.float64)
+    mask = torch.tensor([[0, 0, 1, 1, 2, 2], [10, 11, 12, 13, 14, 15]])
+    maps = FeatureAblation(model).attribute(x, 1, feature_mask=mask, baselines=0.3)
+    assert model.rows == 2 * 7
+    for e in range(2):
+        alone = FeatureAblation(model.inner).attribute(x[e : e + 1], 1, feature_mask=mask[e : e + 1], baselines=0.3)
+        torch.testing.assert_close(maps[e : e + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_per_example_numbering_gives_each_example_its_own_features_in_order_across_inputs():
+    batch = as_input_batch((torch.zeros(3, 1, 2), torch.zeros(3, 4)))
+    masks = (torch.tensor([[[7, 2]]]), torch.tensor([[0, 0, 1, 1], [5, 5, 5, 5], [1, 2, 3, 3]]))  # shared, per example
+    groups = as_feature_groups(masks, batch, local=True)
+    assert groups.per_example and groups.n_features == 4
+    assert groups.ids.tolist() == [[0, 1, 2, 7], [2, 5, 7, -1], [1, 2, 3, 7]]
+    assert groups.counts.tolist() == [4, 3, 4]
+    assert groups.occurs.tolist() == [[True] * 4, [True] * 3 + [False], [True] * 4]
+    assert groups.masks[0].tolist() == [[[3, 2]], [[2, 0]], [[3, 1]]]
+    assert groups.masks[1].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 2, 2]]
+    shared = as_feature_groups(masks[0], as_input_batch(torch.zeros(3, 1, 2)), local=True)
+    assert not shared.per_example and shared.ids.tolist() == [2, 7] and shared.masks[0].tolist() == [[[1, 0]]]
+
+
+@pytest.mark.parametrize(
+    ("value", "minimum", "message"),
+    [
+        (0, 1, "n_samples must be a positive int (the number of draws), got 0"),
+        (True, 1, "n_samples must be a positive int (the number of draws), got True"),
+        (2.0, 1, "n_samples must be a positive int (the number of draws), got 2.0"),
+        ("3", 1, "n_samples must be a positive int (the number of draws), got '3'"),
+        (1, 2, "n_samples must be an int >= 2 (the number of draws), got 1"),
+    ],
+)
+def test_the_shared_positive_int_check_names_the_argument_and_what_was_expected(value, minimum, message):
+    with pytest.raises(ValueError) as error:
+        positive_int(value, "n_samples", "the number of draws", minimum=minimum)
+    assert str(error.value) == message
+    assert positive_int(np.int64(3), "n_samples") == 3 and type(positive_int(np.int64(3), "n_samples")) is int
 
 
 def test_feature_ablation_matches_captum_on_a_residual_net_with_per_image_superpixels():

@@ -286,3 +286,9 @@ def test_cuda_draws_on_the_device_and_leaves_its_rng_alone():
     close_rel(maps.cpu(), expected, 1e-9)
     with pytest.raises(ValueError, match="generator"):
         GradientShap(model.cuda()).attribute(x, 1, baselines=references, generator=torch.Generator())
+
+
+def test_bad_n_samples_is_refused_by_name():
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="n_samples must be a positive int"):
+            GradientShap(SmoothNet()).attribute(torch.zeros(2, 6), 0, baselines=torch.zeros(3, 6), n_samples=bad)

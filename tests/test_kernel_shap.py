@@ -16,10 +16,19 @@ from attrib.methods.kernel_shap import KernelShap, all_coalitions, shapley_coali
 
 from .models import SmoothNet, assert_batch_invariant, build, inputs_for, specs
 from .reference_lime import kernel_shap_reference, spread
+from .reference_shapley import shapley_maps
 from .test_differential import assert_close_rel
 from .test_feature_ablation import TokenNet, two_input_case
 from .test_lime import Affine
-from .test_shapley import Interactions, exact_case, exact_maps
+from .test_shapley import (
+    PER_EXAMPLE_MASKS,
+    Interactions,
+    assert_alone_equals_batched,
+    exact_case,
+    exact_maps,
+    own_ids,
+    per_example_case,
+)
 from .test_state import Tripwire, assert_same, snapshot, untidy
 
 
@@ -65,25 +74,26 @@ def test_enumeration_with_per_example_masks_is_exact_over_each_examples_own_feat
 
 
 def test_sampled_per_example_coalitions_match_the_kkt_reference():
-    model, inputs, masks, baselines, gain = two_input_case(True)
+    model, inputs, masks, baselines, gain = two_input_case(True)  # 6, 5 and 2 features
     target = torch.tensor([2, 2, 0])
     ours = KernelShap(model).attribute(
         inputs, target, baselines=baselines, feature_mask=masks, n_samples=30, seed=7, additional_forward_args=gain
     )
-    ids = sorted({int(i) for m in masks for i in m.flatten().tolist()})
-    active = torch.zeros(3, len(ids), dtype=torch.bool)
-    for m in masks:
-        for e in range(3):
-            active[e, [ids.index(int(i)) for i in m[e].unique()]] = True
+    counts = [len(own_ids(masks, e)) for e in range(3)]  # example e's features are 0 .. counts[e] - 1
+    active = torch.arange(max(counts)) < torch.tensor(counts).view(-1, 1)
     middle = shapley_coalitions(28, active, torch.Generator().manual_seed(7))
     full = (baselines[0].expand_as(inputs[0]), torch.full_like(inputs[1], baselines[1]))
     for e in range(3):
         xe, be = tuple(t[e : e + 1] for t in inputs), tuple(t[e : e + 1] for t in full)
         me = tuple(m[e : e + 1] for m in masks)
-        own = active[e].nonzero().squeeze(1)
-        assert not bool(middle[:, e, ~active[e]].any())  # only the example's own features are drawn
+        assert not bool(middle[:, e, counts[e] :].any())  # only the example's own features are drawn
+        listed = 2 ** counts[e] <= 30  # an example with few features enumerates its coalitions: exact
         values = kernel_shap_reference(
-            lambda rows, e=e: model(*rows, gain[e : e + 1])[:, target[e]], xe, be, me, middle[:, e][:, own]
+            lambda rows, e=e: model(*rows, gain[e : e + 1])[:, target[e]],
+            xe,
+            be,
+            me,
+            None if listed else middle[:, e, : counts[e]],
         )
         for o, r in zip(ours, spread(values, xe, me)):
             assert_close_rel(o[e : e + 1], r, rtol=1e-9)
@@ -224,8 +234,24 @@ def test_coalition_sizes_follow_the_shapley_kernel_and_antithetic_pairs_are_comp
     pairs = shapley_coalitions(7, active, torch.Generator().manual_seed(1), antithetic=True)
     assert pairs.shape == (7, 2, 8)
     assert torch.equal(pairs[1::2], active & ~pairs[0:6:2])
-    everything = all_coalitions(4, torch.device("cpu"))
-    assert everything.shape == (14, 1, 4) and torch.unique(everything[:, 0], dim=0).shape[0] == 14
+    everything = all_coalitions(16, torch.tensor([[True] * 4, [True] * 2 + [False] * 2]))
+    assert everything.shape == (16, 2, 4)
+    assert torch.unique(everything[:14, 0], dim=0).shape[0] == 14 and not bool(everything[14:, 0].any())
+    assert torch.unique(everything[:2, 1], dim=0).shape[0] == 2 and not bool(everything[2:, 1].any())
+    assert not bool(everything[:, 1, 2:].any())
+
+
+@settings(max_examples=10)
+@given(counts=st.lists(st.integers(1, 9), min_size=1, max_size=4), seed=st.integers(0, 1000), antithetic=st.booleans())
+def test_a_rows_coalitions_depend_only_on_its_own_features(counts, seed, antithetic):
+    """Row ``e`` of a batch of rows with features ``0 .. M_e - 1`` draws what a lone row of ``M_e`` features draws."""
+    active = torch.arange(max(counts) + 2) < torch.tensor(counts).view(-1, 1)  # two features no row has
+    drawn = shapley_coalitions(13, active, torch.Generator().manual_seed(seed), antithetic)
+    for e, m in enumerate(counts):
+        alone = shapley_coalitions(
+            13, torch.ones(1, m, dtype=torch.bool), torch.Generator().manual_seed(seed), antithetic
+        )
+        assert torch.equal(drawn[:, e, :m], alone[:, 0]) and not bool(drawn[:, e, m:].any())
 
 
 @settings(max_examples=8)
@@ -336,3 +362,44 @@ def test_n_samples_counts_every_scored_coalition_and_enumeration_never_exceeds_i
     model = Counting(SmoothNet(features=6))
     KernelShap(model).attribute(inputs_for((6,), 3, 0), 1, n_samples=n_samples, seed=0, batch_size=50)
     assert model.rows == 3 * evaluations
+
+
+@settings(max_examples=20)
+@given(
+    spans=PER_EXAMPLE_MASKS,
+    n=st.integers(2, 4),
+    seed=st.integers(0, 1000),
+    n_samples=st.sampled_from([3, 10, 20, 40, 64]),  # some examples enumerate (2^M <= n_samples), others draw
+    antithetic=st.booleans(),
+    token_ids=st.booleans(),
+)
+def test_an_examples_map_does_not_depend_on_the_rest_of_the_batch(spans, n, seed, n_samples, antithetic, token_ids):
+    model, x, mask, target = per_example_case(token_ids, n, seed, spans)
+
+    def attribute(inputs, target, mask):
+        return KernelShap(model).attribute(
+            inputs,
+            target,
+            baselines=3 if token_ids else 0.2,
+            feature_mask=mask,
+            n_samples=n_samples,
+            antithetic=antithetic,
+            seed=seed,
+            batch_size=7,
+        )
+
+    assert_alone_equals_batched(attribute, x, target, mask)
+
+
+def test_per_example_masks_enumerate_or_draw_per_example():
+    """At n_samples=20 an example of 3 features gets its exact Shapley values even beside one of 6 that draws."""
+    model = SmoothNet(features=6).double()
+    x = inputs_for((6,), 2, 5, torch.float64)
+    mask = torch.tensor([[0, 0, 4, 4, 9, 9], [0, 1, 2, 3, 4, 5]])
+    counted = Counting(model)
+    maps = KernelShap(counted).attribute(x, 1, feature_mask=mask, n_samples=20, seed=0)
+    assert counted.rows == 2 * 20  # 18 drawn coalitions for the wide example, 6 + 12 padding for the narrow one
+    exact = shapley_maps(lambda rows: model(*rows)[:, 1], [x[:1]], [torch.zeros_like(x[:1])], [mask[:1]])[0]
+    assert_close_rel(maps[:1], exact, rtol=1e-12)
+    wide = KernelShap(model).attribute(x[1:], 1, feature_mask=mask[1:], n_samples=20, seed=0)
+    assert_close_rel(maps[1:], wide, rtol=1e-10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -25,6 +26,7 @@ from .models import SmoothNet, assert_batch_invariant, build, inputs_for, specs
 from .reference_lime import lime_reference, spread
 from .test_differential import assert_close_rel
 from .test_feature_ablation import TokenNet, two_input_case
+from .test_shapley import PER_EXAMPLE_MASKS, assert_alone_equals_batched, own_ids, per_example_case
 from .test_state import Tripwire, assert_same, snapshot, untidy
 
 MODELS = {"linear": SkLearnLinearRegression, "lasso": SkLearnLasso, "ridge": SkLearnRidge}
@@ -162,20 +164,95 @@ def test_matches_captum_with_the_same_coalitions_on_tuple_inputs_with_cross_inpu
         assert_close_rel(o, t, rtol=2e-5)  # Captum hands scikit-learn float32 data
 
 
-def test_matches_captum_on_token_ids_with_a_pad_id_baseline():
+def presence_kernel(width: float):
+    """Captum's ``similarity_func``: the exponential kernel of the cosine distance between 1 and the coalition z."""
+
+    def similarity(original, perturbed, interpretable, **kwargs):
+        z = interpretable.double().flatten()
+        cosine = float(z.sum()) / (max(float(z.numel()) ** 0.5, 1e-8) * max(float(z.norm()), 1e-8))
+        return float(np.exp(-((1 - cosine) ** 2) / (2 * width**2)))
+
+    return similarity
+
+
+@pytest.mark.parametrize("width", [1.0, 0.4])
+def test_matches_captum_on_token_ids_with_a_pad_id_baseline_and_the_presence_kernel(width):
     model = TokenNet().double()
     ids = torch.tensor([[1, 4, 4, 9, 2], [3, 3, 7, 10, 0]])
     spans = torch.tensor([[0, 0, 1, 1, 2]])
     ours = Lime(model).attribute(
-        ids, 1, baselines=6, feature_mask=spans, n_samples=30, seed=1, interpretable_model="linear"
+        ids, 1, baselines=6, feature_mask=spans, n_samples=30, seed=1, interpretable_model="linear", kernel_width=width
     )
     present = lime_coalitions(30, 3, torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = captum_lime(model, present, "linear").attribute(
-            ids, baselines=6, target=1, feature_mask=spans, n_samples=30
-        )
+        method = captum_lime(model, present, "linear")
+        method.similarity_func = presence_kernel(width)
+        theirs = method.attribute(ids, baselines=6, target=1, feature_mask=spans, n_samples=30)
     assert_close_rel(ours, theirs, rtol=2e-5)
+
+
+class Relabelled(nn.Module):
+    """``model`` with its vocabulary renumbered: id ``perm[i]`` here is id ``i`` there."""
+
+    def __init__(self, model: nn.Module, perm: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.inverse = model, perm.argsort()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(self.inverse[ids])
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 1000), distance=st.sampled_from(["cosine", "euclidean"]))
+def test_token_id_maps_do_not_depend_on_how_the_vocabulary_is_numbered(seed, distance):
+    """The kernel reads which tokens are present, not their ids: renumbering the vocabulary changes nothing."""
+    model = TokenNet(seed=seed).double()
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 11, (3, 5), generator=g)
+    perm = torch.randperm(11, generator=g)
+    spans = torch.tensor([[0, 0, 1, 1, 2], [0, 1, 2, 3, 4], [0, 1, 1, 1, 1]])
+    options = {"feature_mask": spans, "n_samples": 30, "seed": seed, "interpretable_model": "ridge"}
+    ours = Lime(model).attribute(ids, 1, baselines=6, distance=distance, **options)
+    renamed = Lime(Relabelled(model, perm)).attribute(
+        perm[ids], 1, baselines=int(perm[6]), distance=distance, **options
+    )
+    torch.testing.assert_close(ours, renamed, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_token_ids_with_per_example_spans_match_the_reference_with_the_presence_kernel(distance):
+    model = TokenNet(length=6).double()
+    ids = torch.tensor([[1, 4, 4, 9, 2, 5], [3, 3, 7, 10, 0, 0], [8, 8, 8, 2, 2, 1]])
+    spans = torch.tensor([[0, 0, 1, 1, 2, 3], [5, 6, 7, 8, 9, 9], [4, 4, 4, 4, 4, 7]])  # 4, 5 and 2 features
+    target = torch.tensor([1, 0, 2])
+    ours = Lime(model).attribute(
+        ids,
+        target,
+        baselines=6,
+        feature_mask=spans,
+        n_samples=40,
+        seed=3,
+        interpretable_model="linear",
+        distance=distance,
+        kernel_width=0.8,
+    )
+    present = lime_coalitions(40, 5, torch.Generator().manual_seed(3))[:, 0]
+    for e in range(3):
+        own = len(spans[e].unique())
+        values = lime_reference(
+            lambda rows, e=e: model(*rows)[:, target[e]],
+            [ids[e : e + 1]],
+            [torch.full_like(ids[e : e + 1], 6)],
+            [spans[e : e + 1]],
+            present[:, :own],
+            model="linear",
+            kernel_width=0.8,
+            distance=distance,
+            presence=True,
+        )
+        (expected,) = spread(values, [ids[e : e + 1]], [spans[e : e + 1]])
+        assert_close_rel(ours[e : e + 1], expected, rtol=1e-9)
 
 
 def test_default_lasso_is_captums_default_within_scikit_learns_own_tolerance():
@@ -214,15 +291,15 @@ def test_per_example_masks_match_the_reference_fit_over_each_examples_own_featur
         batch_size=11,
         additional_forward_args=gain,
     )
-    ids = sorted({int(i) for m in masks for i in m.flatten().tolist()})
-    present = lime_coalitions(48, len(ids), torch.Generator().manual_seed(2))[:, 0]
+    counts = [len(own_ids(masks, e)) for e in range(3)]  # example e's features are 0 .. counts[e] - 1
+    present = lime_coalitions(48, max(counts), torch.Generator().manual_seed(2))[:, 0]
     full = (baselines[0].expand_as(inputs[0]), torch.full_like(inputs[1], baselines[1]))
     alpha = {"lasso": 0.01, "ridge": 1.0, "linear": 0.0}[interpretable]
     for e in range(3):
         xe = tuple(t[e : e + 1] for t in inputs)
         be = tuple(t[e : e + 1] for t in full)
         me = tuple(m[e : e + 1] for m in masks)
-        own = [ids.index(i) for i in sorted({int(i) for m in me for i in m.flatten().tolist()})]
+        own = slice(0, counts[e])
 
         def score(rows, e=e):
             return model(*rows, gain[e : e + 1])[:, target[e]]
@@ -249,7 +326,10 @@ def test_similarity_weights_are_captums_kernel_of_each_row(distance):
         for e in range(3):
             rows = groups.compose(present[s : s + 1], torch.tensor([e]), batch.tensors, fills)
             original = tuple(t[e : e + 1] for t in inputs)
-            assert ours[s, e].item() == pytest.approx(kernel(original, rows, None), rel=1e-6)
+            # -log w = d^2 / (2 width^2): Captum computes the distance in float32
+            assert -math.log(ours[s, e].item()) == pytest.approx(
+                -math.log(kernel(original, rows, None)), rel=1e-6, abs=1e-6
+            )
 
 
 class Affine(nn.Module):
@@ -428,3 +508,31 @@ def test_cuda_matches_cpu():
             warnings.simplefilter("ignore")
             cpu = captum_lime(model, present, interpretable).attribute(x, target=1, feature_mask=mask, n_samples=50)
         assert_close_rel(gpu.cpu(), cpu, rtol=2e-5)
+
+
+@settings(max_examples=20)
+@given(
+    spans=PER_EXAMPLE_MASKS,
+    n=st.integers(2, 4),
+    seed=st.integers(0, 1000),
+    interpretable=st.sampled_from(["linear", "ridge", "lasso"]),
+    distance=st.sampled_from(["cosine", "euclidean"]),
+    token_ids=st.booleans(),
+)
+def test_an_examples_map_does_not_depend_on_the_rest_of_the_batch(spans, n, seed, interpretable, distance, token_ids):
+    model, x, mask, target = per_example_case(token_ids, n, seed, spans)
+
+    def attribute(inputs, target, mask):
+        return Lime(model).attribute(
+            inputs,
+            target,
+            baselines=3 if token_ids else 0.2,
+            feature_mask=mask,
+            n_samples=24,
+            interpretable_model=interpretable,
+            distance=distance,
+            seed=seed,
+            batch_size=7,
+        )
+
+    assert_alone_equals_batched(attribute, x, target, mask)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import attrib
+from attrib.core.randomness import NoiseStream
 from attrib.methods.noise_tunnel import KINDS
 
 from . import reference
@@ -152,6 +153,8 @@ def test_tuple_inputs_multi_target_and_forward_args():
     [
         ({"kind": "smooth"}, ValueError, "kind must be one of"),
         ({"n_samples": 0}, ValueError, "n_samples must be a positive int"),
+        ({"n_samples": 2.5}, ValueError, "n_samples must be a positive int"),
+        ({"n_samples": True}, ValueError, "n_samples must be a positive int"),
         ({"stdev": -1.0}, ValueError, "stdev must be a non-negative finite number"),
         ({"stdev": (0.1, 0.2)}, ValueError, "one number per input"),
         ({"stdev_mode": "percent"}, ValueError, "stdev_mode"),
@@ -169,3 +172,26 @@ def test_bad_options_raise(kwargs, error, message):
 def test_wraps_only_attributions():
     with pytest.raises(TypeError, match="attrib.Attribution"):
         attrib.NoiseTunnel(SmoothNet())
+
+
+@given(n=st.integers(1, 4), copies=st.integers(2, 5), data=st.data())
+def test_noise_stream_rows_do_not_depend_on_the_blocks_and_a_retried_block_gets_the_same_noise(n, copies, data):
+    g = torch.Generator().manual_seed(n * 10 + copies)
+    drawn = [torch.randn(n, 3, generator=g) for _ in range(copies)]
+    whole = torch.cat(drawn)  # sample-major rows: copy s of example e is row s * n + e
+    source = iter(drawn)
+    stream = NoiseStream(lambda: (next(source),), n)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, n * copies - 1), max_size=4))))
+    for start, stop in zip([0, *cuts], [*cuts, n * copies]):
+        (rows,) = stream.rows(start, stop)
+        assert torch.equal(rows, whole[start:stop])
+        (again,) = stream.rows(start, stop)  # as after an out-of-memory retry: no new draw
+        assert torch.equal(again, whole[start:stop])
+
+
+def test_noise_stream_refuses_rows_of_a_copy_it_has_let_go():
+    stream = NoiseStream(lambda: (torch.zeros(2, 1),), 2)
+    stream.rows(0, 2)
+    stream.rows(2, 4)  # copy 1: copy 0 is let go
+    with pytest.raises(RuntimeError, match="in order"):
+        stream.rows(0, 2)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from captum.attr import ShapleyValueSampling as CaptumShapleyValueSampling
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -43,13 +43,14 @@ def captum_with_orders(model, orders: torch.Tensor) -> CaptumShapleyValueSamplin
     return method
 
 
-@pytest.mark.parametrize("per_example", [False, True])
-def test_matches_captum_with_the_same_orders_on_tuple_inputs_with_cross_input_groups(per_example):
-    model, inputs, masks, baselines, gain = two_input_case(per_example)
-    if not per_example:  # Captum numbers features 0..max: make the shared ids contiguous
-        masks = (masks[0], torch.tensor([3, 4, 4, 5]))
-    else:
-        masks = (masks[0], torch.tensor([[3, 4, 4, 5], [3, 3, 5, 5], [0, 5, 5, 5]]))
+def own_ids(masks, e: int) -> list[int]:
+    """Example ``e``'s ids over all inputs, in increasing order: its features ``0 .. F_e - 1``."""
+    return sorted({int(i) for m in masks for i in m[e if m.shape[0] > 1 else 0].flatten().tolist()})
+
+
+def test_matches_captum_with_the_same_orders_on_tuple_inputs_with_cross_input_groups():
+    model, inputs, masks, baselines, gain = two_input_case(False)
+    masks = (masks[0], torch.tensor([3, 4, 4, 5]))  # Captum numbers features 0..max: make the shared ids contiguous
     target = torch.tensor([2, 0, 1])
     ours = ShapleyValueSampling(model).attribute(
         inputs,
@@ -69,6 +70,40 @@ def test_matches_captum_with_the_same_orders_on_tuple_inputs_with_cross_input_gr
     for o, t in zip(ours, theirs):
         assert o.shape == t.shape
         assert_close_rel(o, t, rtol=1e-5)  # Captum sums the orders in float32
+
+
+def test_per_example_masks_match_captum_fed_each_examples_own_orders():
+    """Example ``e`` follows the shared order of ``0 .. F-1`` restricted to its features ``0 .. F_e - 1``.
+
+    Captum draws one order over the batch-wide ids, so it is run one example
+    at a time, fed that restricted order in the example's ids (then the ids it lacks).
+    """
+    model, inputs, masks, baselines, gain = two_input_case(False)
+    image = masks[0][0]  # (1, 4, 4), ids 0..5
+    vector = torch.tensor([[3, 4, 4, 5], [3, 3, 5, 5], [0, 5, 5, 5]])
+    masks = (torch.stack([image, image // 2, image % 2]), vector)  # 6, 5 and 3 features, ids across both inputs
+    target = torch.tensor([2, 0, 1])
+    ours = ShapleyValueSampling(model).attribute(
+        inputs, target, baselines=baselines, feature_mask=masks, n_samples=9, seed=5, additional_forward_args=gain
+    )
+    widest = max(len(own_ids(masks, e)) for e in range(3))
+    orders = feature_orders(9, widest, torch.Generator().manual_seed(5))
+    full = (baselines[0].expand_as(inputs[0]), torch.full_like(inputs[1], baselines[1]))
+    for e in range(3):
+        ids = own_ids(masks, e)
+        lacking = [i for i in range(6) if i not in ids]
+        own = [[ids[j] for j in order if j < len(ids)] + lacking for order in orders.tolist()]
+        rows = tuple(t[e : e + 1] for t in inputs)
+        theirs = captum_with_orders(model, torch.tensor(own)).attribute(
+            rows,
+            baselines=tuple(b[e : e + 1] for b in full),
+            target=target[e : e + 1],
+            feature_mask=tuple(m[e : e + 1] for m in masks),
+            n_samples=9,
+            additional_forward_args=(gain[e : e + 1],),
+        )
+        for o, t in zip(ours, theirs):
+            assert_close_rel(o[e : e + 1], t, rtol=1e-5)
 
 
 def test_matches_captum_on_token_ids_with_a_pad_id_baseline():
@@ -183,6 +218,9 @@ def test_feature_orders_are_permutations_and_antithetic_pairs_are_reversals():
     assert orders.shape == (7, 5)
     assert torch.equal(orders.sort(1).values, torch.arange(5).expand(7, 5))
     assert torch.equal(orders[1::2], orders[0:6:2].flip(1))
+    for narrow in (1, 3, 5):  # restricted to features 0..G-1, an order is the one drawn over G features
+        restricted = orders[orders < narrow].view(7, narrow)
+        assert torch.equal(restricted, feature_orders(7, narrow, torch.Generator().manual_seed(0), antithetic=True))
     plain = feature_orders(3000, 3, torch.Generator().manual_seed(1))
     counts = torch.unique(plain, dim=0, return_counts=True)[1]
     assert counts.numel() == 6 and bool((counts - 500).abs().max() < 110)  # 5 sigma is about 102
@@ -257,3 +295,65 @@ def test_matches_captum_on_a_residual_net_with_per_image_superpixels():
         x, target=1, feature_mask=masks, n_samples=6, perturbations_per_eval=16
     )
     assert_close_rel(ours, theirs, rtol=1e-5)
+
+
+# Batch invariance with per-example masks ----------------------------------------------------------
+
+
+def per_example_case(token_ids: bool, n: int, seed: int, spans: list[list[int]]):
+    """(model, inputs (N, 6), per-example mask (N, 6), target (N,)): floats or token ids, float64 scores."""
+    mask = torch.tensor(spans[:n])
+    target = torch.arange(n) % 3
+    if token_ids:
+        model = TokenNet(length=6, seed=seed).double()
+        x = torch.randint(0, 11, (n, 6), generator=torch.Generator().manual_seed(seed))
+    else:
+        model = SmoothNet(features=6, seed=seed).double()
+        x = inputs_for((6,), n, seed, torch.float64)
+    return model, x, mask, target
+
+
+#: Per-example masks over 6 positions: 1 to 6 features each, ids with gaps, from texts or superpixels alike.
+PER_EXAMPLE_MASKS = st.lists(st.lists(st.integers(0, 9), min_size=6, max_size=6), min_size=4, max_size=4)
+
+
+def assert_alone_equals_batched(attribute, x, target, mask, rtol: float = 1e-9) -> None:
+    """``attribute(x, target, mask)``: each example gets the map it gets alone (same seed) with per-example masks."""
+    whole = attribute(x, target, mask)
+    for e in range(x.shape[0]):
+        alone = attribute(x[e : e + 1], target[e : e + 1], mask[e : e + 1])
+        torch.testing.assert_close(whole[e : e + 1], alone, rtol=rtol, atol=rtol * float(alone.abs().max() + 1))
+
+
+@settings(max_examples=20)
+@given(
+    spans=PER_EXAMPLE_MASKS,
+    n=st.integers(2, 4),
+    seed=st.integers(0, 1000),
+    n_samples=st.integers(1, 5),
+    antithetic=st.booleans(),
+    token_ids=st.booleans(),
+)
+def test_an_examples_map_does_not_depend_on_the_rest_of_the_batch(spans, n, seed, n_samples, antithetic, token_ids):
+    model, x, mask, target = per_example_case(token_ids, n, seed, spans)
+
+    def attribute(inputs, target, mask):
+        return ShapleyValueSampling(model).attribute(
+            inputs,
+            target,
+            baselines=3 if token_ids else 0.2,
+            feature_mask=mask,
+            n_samples=n_samples,
+            antithetic=antithetic,
+            seed=seed,
+            batch_size=7,
+        )
+
+    assert_alone_equals_batched(attribute, x, target, mask)
+    maps = attribute(x, target, mask)  # efficiency per example over its own features
+    ids = mask.unsqueeze(2) == mask.unsqueeze(1)
+    total = (maps / ids.sum(2)).sum(1)
+    base = torch.full_like(x, 3) if token_ids else torch.full_like(x, 0.2)
+    with torch.no_grad():
+        gain = (model(x) - model(base)).gather(1, target.view(-1, 1)).squeeze(1)
+    torch.testing.assert_close(total, gain, rtol=1e-12, atol=1e-12)

@@ -25,9 +25,18 @@ different number of features, per example. ``F`` is then the number of
 distinct ids over the whole batch, and ``FeatureGroups.occurs`` ``(N, F)``
 says which features each example has (``counts`` how many). A feature that an
 example lacks changes nothing when switched, so ablation and Shapley values
-give it 0 and :meth:`expand` never places it on that example's elements;
-sampling methods (KernelSHAP, LIME) should draw coalitions over the features
-each example has (``occurs``) or weight by ``counts``.
+give it 0 and :meth:`expand` never places it on that example's elements.
+
+With ``as_feature_groups(..., local=True)`` per-example ids are instead
+renumbered *per example*: example ``e``'s ``F_e`` ids become ``0 .. F_e - 1``
+in increasing order (over all inputs together), ``F = max_e F_e`` and
+``occurs[e, j]`` is ``j < F_e``. Feature ``j`` of an example is then its own
+``j``-th feature whatever the other examples hold, which is what sampling
+methods need (LIME, KernelSHAP, Shapley value sampling): draws laid out
+feature by feature (:func:`attrib.core.randomness.feature_major_rand`) give an
+example the same coalitions in any batch as alone. ``ids`` is then
+``(N, F)``: ``ids[e, j]`` the caller's id of example ``e``'s feature ``j``
+(-1 past ``F_e``). A mask shared by the batch is the same either way.
 """
 
 from __future__ import annotations
@@ -54,11 +63,15 @@ class FeatureGroups:
             first dimension 1 (shared) or ``N`` (per example), the other
             dimensions 1 or the input's (broadcastable to ``(N, *shape[1:])``);
             entries are feature numbers ``0 .. n_features-1``.
-        n_features: ``F``, the number of features over all inputs (and examples) together.
+        n_features: ``F``, the number of features over all inputs (and examples) together
+            (with per-example numbering, the largest number any example has).
         per_example: whether some mask differs per example (first dimension ``N > 1``).
-        ids: ``(F,)`` the caller's id of each feature (``ids[j]`` is feature ``j``'s id).
+        ids: ``(F,)`` the caller's id of each feature (``ids[j]`` is feature ``j``'s id),
+            or ``(N, F)`` with per-example numbering (``ids[e, j]``, -1 where example ``e`` has
+            fewer than ``j + 1`` features).
         occurs: ``(1, F)`` (shared) or ``(N, F)`` (per example) bool: which
-            features each example has (all True for a shared mask).
+            features each example has (all True for a shared mask; ``j < F_e``
+            with per-example numbering).
         shapes: each input's shape after ``N`` (the shape of its maps).
     """
 
@@ -169,8 +182,12 @@ class FeatureGroups:
         return tuple(maps)
 
 
-def as_feature_groups(feature_mask: object, batch: InputBatch) -> FeatureGroups:
+def as_feature_groups(feature_mask: object, batch: InputBatch, *, local: bool = False) -> FeatureGroups:
     """Validate ``feature_mask`` for ``batch`` and renumber its ids ``0 .. F-1``.
+
+    With ``local`` a per-example mask is renumbered per example (each
+    example's ids ``0 .. F_e - 1``; see the module docstring), so that
+    feature ``j`` of an example does not depend on the rest of the batch.
 
     ``None`` makes every element of every input its own feature, numbered
     consecutively across the inputs (input 0's elements first, in row-major
@@ -232,7 +249,28 @@ def as_feature_groups(feature_mask: object, batch: InputBatch) -> FeatureGroups:
     for m in masks:
         flat = m.expand(rows, *m.shape[1:]).reshape(rows, -1)
         occurs.scatter_(1, flat, True)
+    if local and per_example:
+        return _per_example_numbering(masks, ids, occurs, _shapes(batch))
     return FeatureGroups(tuple(masks), n_features, per_example, ids, occurs, _shapes(batch))
+
+
+def _per_example_numbering(
+    masks: list[Tensor], ids: Tensor, occurs: Tensor, shapes: tuple[tuple[int, ...], ...]
+) -> FeatureGroups:
+    """Batch-wide feature numbers ``masks`` (``occurs`` ``(N, G)``) renumbered ``0 .. F_e - 1`` per example."""
+    n, wide = occurs.shape
+    rank = occurs.long().cumsum(1) - 1  # (N, G): an example's number of each batch-wide feature it has
+    local = []
+    for m in masks:
+        flat = m.expand(n, *m.shape[1:]).reshape(n, -1)
+        local.append(rank.gather(1, flat).view(n, *m.shape[1:]))
+    counts = occurs.sum(1)
+    n_features = int(counts.max())
+    slot = torch.where(occurs, rank, n_features)  # absent features go to a spare column, dropped below
+    own = torch.full((n, n_features + 1), -1, dtype=ids.dtype, device=ids.device)
+    own.scatter_(1, slot, ids.expand(n, wide))
+    present = torch.arange(n_features, device=occurs.device) < counts.unsqueeze(1)
+    return FeatureGroups(tuple(local), n_features, True, own[:, :n_features], present, shapes)
 
 
 def _shapes(batch: InputBatch) -> tuple[tuple[int, ...], ...]:

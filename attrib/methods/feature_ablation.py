@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from torch import Tensor
 
 from ..core.baselines import as_baselines
 from ..core.batching import BatchSize, check_batch_size
+from ..core.checks import positive_int
 from ..core.features import as_feature_groups
 from ..core.inputs import InputsLike, as_forward_args, as_input_batch
 from ..core.randomness import make_generator
@@ -31,7 +31,9 @@ class FeatureAblation(PerturbationAttribution):
 
     the same value for every element of the group. Ids span the inputs of a
     tuple: an id used in two inputs is one feature, ablated in both at once.
-    With per-example masks a feature an example lacks gets 0 there.
+    With per-example masks each example's features are numbered on their
+    own (:func:`~attrib.core.features.as_feature_groups` with ``local``), so
+    ``1 + max_e F_e`` copies are scored, not one per id of the whole batch.
 
     Inputs need not be floating point: for token ids pass ``baselines`` as
     ids (a pad or mask token). ``baselines``: a number (0 by default), a
@@ -64,7 +66,7 @@ class FeatureAblation(PerturbationAttribution):
         batch = as_input_batch(inputs, floating=False)
         args = as_forward_args(additional_forward_args, batch.n)
         batch_size = check_batch_size(batch_size)
-        groups = as_feature_groups(feature_mask, batch)
+        groups = as_feature_groups(feature_mask, batch, local=True)  # 1 + max_e F_e copies, not 1 + all ids
         fills = as_baselines(baselines, batch)
 
         def perturb(example: Tensor, copy: Tensor) -> tuple[Tensor, ...]:
@@ -124,8 +126,7 @@ class FeaturePermutation(PerturbationAttribution):
         n = batch.n
         if n < 2:
             raise ValueError("FeaturePermutation shuffles features across the batch, so inputs need N >= 2 examples")
-        if isinstance(n_permutations, bool) or not isinstance(n_permutations, numbers.Integral) or n_permutations < 1:
-            raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")
+        n_permutations = positive_int(n_permutations, "n_permutations", "the number of permutations per feature")
         args = as_forward_args(additional_forward_args, n)
         batch_size = check_batch_size(batch_size)
         groups = as_feature_groups(feature_mask, batch)

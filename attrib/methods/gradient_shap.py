@@ -10,13 +10,13 @@ import torch
 from torch import Tensor
 
 from ..core.batching import BatchSize, add_rows_per_example, check_batch_size, fold_blocks, sample_major_rows
+from ..core.checks import positive_int
 from ..core.forward import Model, run_model
 from ..core.inputs import InputsLike, as_forward_args, as_input_batch
-from ..core.randomness import make_generator
+from ..core.randomness import NoiseStream, draw_dtype, make_generator
 from ..gradient_attribution import GradientAttribution, times_inputs
 from ..targets import TargetLike
 from .deeplift import baseline_set, row_totals
-from .noise_tunnel import _draw_dtype, _NoiseStream
 
 
 class GradientShap(GradientAttribution):
@@ -78,8 +78,7 @@ class GradientShap(GradientAttribution):
         return_convergence_delta: bool = False,
     ) -> Any:
         """GradientSHAP maps of ``target`` for ``inputs`` over the reference set ``baselines``."""
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        n_samples = positive_int(n_samples, "n_samples", "the number of draws per example")
         batch = as_input_batch(inputs)
         args = as_forward_args(additional_forward_args, batch.n)
         references = baseline_set(baselines, batch)
@@ -92,7 +91,7 @@ class GradientShap(GradientAttribution):
 
         with self._guard():
             resolved = self._resolved_target(target, batch, args, batch_size)
-            draws = _NoiseStream(lambda: self.sample_draws(batch.tensors, references, stdevs, rng), n)
+            draws = NoiseStream(lambda: self.sample_draws(batch.tensors, references, stdevs, rng), n)
 
             def compute(start: int, stop: int) -> tuple[tuple[Tensor, ...], Tensor | None]:
                 example, _ = sample_major_rows(start, stop, n, device)
@@ -148,9 +147,9 @@ class GradientShap(GradientAttribution):
         """
         n, device = inputs[0].shape[0], inputs[0].device
         index = torch.randint(baselines[0].shape[0], (n,), generator=generator, device=device)
-        alpha = torch.rand(n, generator=generator, device=device, dtype=_draw_dtype(inputs[0]))
+        alpha = torch.rand(n, generator=generator, device=device, dtype=draw_dtype(inputs[0]))
         noise = tuple(
-            (torch.randn(x.shape, generator=generator, device=device, dtype=_draw_dtype(x)) * s).to(x.dtype)
+            (torch.randn(x.shape, generator=generator, device=device, dtype=draw_dtype(x)) * s).to(x.dtype)
             if s > 0
             else torch.zeros((), dtype=x.dtype, device=device).expand(x.shape)
             for x, s in zip(inputs, stdevs)

@@ -9,10 +9,11 @@ from torch import Tensor
 
 from ..core import linear_fit
 from ..core.batching import BatchSize
+from ..core.checks import positive_int
 from ..core.inputs import InputsLike
-from ..core.randomness import make_generator
+from ..core.randomness import feature_major_rand, make_generator
 from ..targets import TargetLike
-from .lime import CoalitionSurrogate, _positive_int
+from .lime import CoalitionSurrogate
 
 #: The most features enumerated exactly (2^F coalitions).
 MAX_ENUMERATED = 24
@@ -48,11 +49,13 @@ class KernelShap(CoalitionSurrogate):
     its complement, which lowers the variance. The fit is the minimum-norm
     solution when the draws do not determine it.
 
-    Per-example masks: each example draws its coalitions over its own
-    :math:`M_e` features (sizes from its own kernel); a feature it lacks gets 0.
-    Draws come from ``seed``/``generator`` on the inputs' device; with a mask
-    shared by the batch they are shared by the examples, so a map does not
-    depend on the rest of the batch. Rows are scored ``batch_size`` at a
+    Per-example masks: each example's features are numbered ``0 .. M_e-1``
+    and it enumerates or draws its coalitions over them (sizes from its own
+    kernel), deciding by its own :math:`2^{M_e} \le` ``n_samples``; a
+    feature it lacks gets 0. Draws come from ``seed``/``generator`` on the
+    inputs' device and are laid out so that they do not depend on the other
+    examples (:func:`shapley_coalitions`): an example's map is the one it
+    gets alone, in any batch. Rows are scored ``batch_size`` at a
     time; the fit keeps ``O(N M^2)`` numbers whatever ``n_samples``. Maps
     have each input's shape (``(N, K, ...)`` for an ``(N, K)`` target).
 
@@ -77,16 +80,14 @@ class KernelShap(CoalitionSurrogate):
         additional_forward_args: Any = None,
     ) -> Any:
         """KernelSHAP maps of ``target`` for ``inputs``, in the form of ``inputs``."""
-        samples = _positive_int(n_samples, "n_samples", "the number of coalitions scored, empty and full included", 2)
+        samples = positive_int(
+            n_samples, "n_samples", "the number of coalitions scored, empty and full included", minimum=2
+        )
         problem = self._coalitions(inputs, baselines, feature_mask, batch_size, additional_forward_args)
         features, device = problem.groups.n_features, problem.batch.device
-        active = problem.groups.occurs  # (1 or N, F)
-        enumerated = features <= MAX_ENUMERATED and 2**features <= samples
-        if enumerated:
-            middle = all_coalitions(features, device)
-        else:
-            draw = make_generator(seed, generator, device)
-            middle = shapley_coalitions(samples - 2, active, draw, bool(antithetic))
+        active = problem.groups.occurs  # (1 or N, F): example e has features 0 .. M_e - 1
+        draw = make_generator(seed, generator, device)
+        middle, enumerated = kernel_coalitions(samples, active, draw, bool(antithetic))
         rows = max(middle.shape[1], active.shape[0])
         ends = torch.stack([torch.zeros_like(active), active]).expand(2, rows, features)  # empty, full
         present = torch.cat([ends, middle.expand(-1, rows, features)])
@@ -100,10 +101,43 @@ class KernelShap(CoalitionSurrogate):
         return problem.maps(phi if values.dim() == 3 else phi[:, 0], scores.dtype)
 
 
-def all_coalitions(features: int, device: torch.device) -> Tensor:
-    """``(2^F - 2, 1, F)`` bool: every coalition but the empty and the full one (bit ``j`` of ``1 .. 2^F - 2``)."""
-    codes = torch.arange(1, 2**features - 1, device=device)
-    return ((codes.unsqueeze(1) >> torch.arange(features, device=device)) & 1).bool().unsqueeze(1)
+def kernel_coalitions(
+    samples: int, active: Tensor, generator: torch.Generator, antithetic: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""The middle coalitions ``(S, D, F)`` of rows of ``active`` ``(D, F)`` and which rows enumerate, ``(D,)`` bool.
+
+    A row with :math:`2^M \le` ``samples`` (``M \le`` :data:`MAX_ENUMERATED`)
+    lists all its :math:`2^M - 2` coalitions (:func:`all_coalitions`); the
+    others draw ``samples - 2`` (:func:`shapley_coalitions`). Rows with fewer
+    coalitions than ``S`` are padded with empty ones, weighed 0. The
+    generator is read only if some row draws, and what a row gets depends
+    only on its own ``M``, ``samples`` and the generator's state.
+    """
+    counts = active.sum(1).tolist()
+    listing = [m <= MAX_ENUMERATED and 2**m <= samples for m in counts]
+    enumerated = torch.tensor(listing, dtype=torch.bool, device=active.device)
+    if all(listing):
+        return all_coalitions(max(2**m for m in counts) - 2, active), enumerated
+    drawn = shapley_coalitions(samples - 2, active, generator, antithetic)
+    if not any(listing):
+        return drawn, enumerated
+    listed = all_coalitions(samples - 2, active)
+    return torch.where(enumerated.view(1, -1, 1), listed, drawn), enumerated
+
+
+def all_coalitions(count: int, active: Tensor) -> Tensor:
+    """``(count, D, F)`` bool: row ``s`` is coalition ``s + 1`` in binary over each row of ``active``'s features.
+
+    Bit ``i`` of the code ``s + 1`` says whether the ``i``-th active feature
+    of a row (of ``M``) is present, so codes ``1 .. 2^M - 2`` are every
+    coalition but the empty and the full one; codes past ``2^M - 2`` are
+    empty (padding).
+    """
+    rows, features = active.shape
+    codes = torch.arange(1, count + 1, device=active.device).view(-1, 1, 1)
+    bit = (active.long().cumsum(1) - 1).clamp(0, 63)  # (D, F): the feature's place among the row's own
+    last = (2 ** active.sum(1).clamp(max=MAX_ENUMERATED + 1) - 2).view(1, -1, 1)  # (1, D, 1)
+    return ((codes >> bit.unsqueeze(0)) & 1).bool() & active.unsqueeze(0) & (codes <= last)
 
 
 def shapley_coalitions(count: int, active: Tensor, generator: torch.Generator, antithetic: bool = False) -> Tensor:
@@ -114,38 +148,67 @@ def shapley_coalitions(count: int, active: Tensor, generator: torch.Generator, a
     uniformly (the smallest ``k`` of uniform keys). A row with ``M < 2`` has no
     such coalition and gets empty ones (which :func:`shapley_kernel` weighs 0).
     With ``antithetic``, coalitions come in pairs, one and its complement.
+
+    The draws are laid out so that a row's coalitions depend only on its
+    own features and the generator's state, not on the other rows or on
+    ``F``: one uniform per coalition picks every row's size by inverting
+    that row's distribution function (:func:`size_cdf`), and one key per
+    coalition and feature, drawn feature by feature
+    (:func:`~attrib.core.randomness.feature_major_rand`) and shared by the
+    rows, picks the features (ties broken by feature number).
     """
-    device = torch.device(generator.device)
     rows, features = active.shape
     drawn = (count + 1) // 2 if antithetic else count
-    size = torch.arange(features + 1, device=device, dtype=torch.float64)
-    m = active.sum(1, keepdim=True).to(torch.float64)  # (D, 1)
-    inner = (size > 0) & (size < m)
-    probs = torch.where(inner, (m - 1) / (size * (m - size)).clamp_min(1), 0.0)
-    probs[:, 0] = torch.where(inner.any(1), probs[:, 0], 1.0)  # M < 2: a valid (unused) distribution
-    sizes = torch.multinomial(probs, max(drawn, 1), replacement=True, generator=generator)[:, :drawn]  # (D, drawn)
-    keys = torch.rand(drawn, rows, features, generator=generator, device=device)
-    keys = torch.where(active.unsqueeze(0), keys, 2.0)  # inactive features sort last: never chosen
-    rank = keys.argsort(2).argsort(2)
+    device = torch.device(generator.device)
+    u = torch.rand(drawn, generator=generator, device=device, dtype=torch.float64)
+    m = active.sum(1)  # (D,)
+    cdf = size_cdf(m, features)  # (D, F + 1)
+    sizes = torch.searchsorted(cdf, u.expand(rows, drawn).contiguous(), right=True)  # cdf(k - 1) <= u < cdf(k)
+    sizes = torch.where(m.unsqueeze(1) >= 2, sizes.clamp(max=features), 0)  # (D, drawn)
+    keys = feature_major_rand(drawn, features, generator, torch.float64)  # (drawn, F)
+    keys = torch.where(active.unsqueeze(0), keys.unsqueeze(1), 2.0)  # inactive features sort last: never chosen
+    rank = keys.argsort(dim=2, stable=True).argsort(dim=2, stable=True)
     present = rank < sizes.t().unsqueeze(2)
     if antithetic:
         present = torch.stack([present, active.unsqueeze(0) & ~present], 1).reshape(-1, rows, features)[:count]
     return present
 
 
-def shapley_kernel(present: Tensor, active: Tensor, enumerated: bool) -> Tensor:
+def size_cdf(m: Tensor, features: int) -> Tensor:
+    r"""``(D, F + 1)`` float64: the distribution function of KernelSHAP's coalition size over ``M`` features.
+
+    :math:`P(k) \propto (M-1)/(k(M-k))` for :math:`0 < k < M`, whose
+    cumulative sum has the closed form (with :math:`H_n` the harmonic numbers)
+
+    .. math:: C(k) = \frac{H_k + H_{M-1} - H_{M-1-k}}{2 H_{M-1}},\qquad 0 \le k \le M - 1,
+
+    and 1 from :math:`k = M - 1` on. Computed element by element, so a row's
+    values depend only on its own ``M``. Rows with ``M < 2`` are 1 everywhere.
+    """
+    k = torch.arange(features + 1, device=m.device, dtype=torch.float64)
+    top = (m.to(torch.float64) - 1).clamp_min(0).unsqueeze(1)  # M - 1
+    k = torch.minimum(k, top)
+
+    def harmonic(n: Tensor) -> Tensor:
+        return torch.digamma(n + 1) - torch.digamma(torch.ones_like(n))
+
+    whole = harmonic(top)
+    cdf = (harmonic(k) + whole - harmonic(top - k)) / (2 * whole).clamp_min(1e-300)
+    return torch.where((k >= top) | (top < 1), 1.0, cdf)
+
+
+def shapley_kernel(present: Tensor, active: Tensor, enumerated: Tensor) -> Tensor:
     r"""``(S, D)`` float64 weights of coalitions ``present`` ``(S, D', F)`` for rows of ``active`` ``(D, F)``.
 
-    Enumerated coalitions get the Shapley kernel :math:`\pi` of their size
-    among each row's :math:`M` active features; drawn ones (already drawn
-    with probability proportional to it) get 1. Either way the empty and
-    full coalitions get 0 (they are the constraints).
+    Coalitions of rows that enumerate (``enumerated`` ``(D,)`` bool) get the
+    Shapley kernel :math:`\pi` of their size among the row's :math:`M`
+    active features; drawn ones (already drawn with probability
+    proportional to it) get 1. Either way the empty and full coalitions get
+    0 (they are the constraints).
     """
     m = active.sum(1).to(torch.float64)  # (D,)
     k = (present & active.unsqueeze(0)).sum(2).to(torch.float64)  # (S, D)
     inner = (k > 0) & (k < m)
-    if not enumerated:
-        return inner.to(torch.float64)
     log_choose = torch.lgamma(m + 1) - torch.lgamma(k + 1) - torch.lgamma(m - k + 1)
     kernel = (m - 1) / (torch.exp(log_choose) * (k * (m - k)).clamp_min(1))
-    return torch.where(inner, kernel, 0.0)
+    return torch.where(inner, torch.where(enumerated, kernel, 1.0), 0.0)

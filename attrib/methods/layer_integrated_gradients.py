@@ -2,7 +2,6 @@ r"""Path methods at a layer: Layer Integrated Gradients and Layer Conductance.""
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from torch import Tensor, nn
 
 from ..core.baselines import as_baselines
 from ..core.batching import BatchSize, add_rows_per_example, check_batch_size, fold_blocks, sample_major_rows
+from ..core.checks import positive_int
 from ..core.forward import Model
 from ..core.inputs import InputBatch, InputsLike, as_forward_args, as_input_batch
 from ..core.quadrature import quadrature
@@ -178,8 +178,7 @@ class LayerConductance(ExplicitLayerAttribution):
         batch_size = check_batch_size(batch_size)
         at_input = bool_option(attribute_to_layer_input, "attribute_to_layer_input")
         n, device = batch.n, batch.device
-        if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
-            raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+        n_steps = positive_int(n_steps, "n_steps", "the number of integration steps")
         alphas, _ = quadrature(method, n_steps + 1, device=device)
         paths = tuple(x - b for x, b in zip(batch.tensors, starts))
         # total, and each example's activation and gradient at its latest node so far

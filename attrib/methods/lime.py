@@ -13,9 +13,10 @@ from torch import Tensor
 from ..core import linear_fit
 from ..core.baselines import as_baselines
 from ..core.batching import BatchSize, check_batch_size
+from ..core.checks import positive_int
 from ..core.features import FeatureGroups, as_feature_groups
 from ..core.inputs import ForwardArgs, InputBatch, InputsLike, as_forward_args, as_input_batch
-from ..core.randomness import make_generator
+from ..core.randomness import feature_major_rand, make_generator
 from ..perturbation_attribution import PerturbationAttribution
 from ..targets import TargetLike
 
@@ -61,7 +62,7 @@ class CoalitionSurrogate(PerturbationAttribution):
     ) -> Coalitions:
         batch = as_input_batch(inputs, floating=False)
         args = as_forward_args(forward_args, batch.n)
-        groups = as_feature_groups(feature_mask, batch)
+        groups = as_feature_groups(feature_mask, batch, local=True)
         if groups.n_features > MAX_FEATURES:
             raise ValueError(
                 f"feature_mask gives {groups.n_features} features (every element is one when it is None); "
@@ -108,8 +109,15 @@ class Lime(CoalitionSurrogate):
         d = 1 - \frac{\langle x, x_z\rangle}{\|x\|\,\|x_z\|}\ (\text{cosine}) \ \text{or}\ \|x - x_z\|_2,
 
     over all inputs' elements flattened together, :math:`\sigma` =
-    ``kernel_width``. A linear model :math:`y \approx \beta_0 + z^\top\beta`
-    with an intercept (scikit-learn's default ``fit_intercept=True``, as
+    ``kernel_width``. When an input is not floating point (token ids) its
+    values are labels, not coordinates, and a distance between id vectors
+    would depend on how the vocabulary is numbered; the distance is then
+    taken on the interpretable (presence) representation instead, between
+    the all-present coalition :math:`\mathbf 1` and :math:`z` over the
+    example's :math:`M` features, as LIME's text explainer does:
+    :math:`d = 1 - \sqrt{|z| / M}` (cosine; 1 for the empty coalition) or
+    :math:`d = \sqrt{M - |z|}` (Euclidean). A linear model
+    :math:`y \approx \beta_0 + z^\top\beta` with an intercept (scikit-learn's default ``fit_intercept=True``, as
     Captum's ``SkLearn*`` models) is fitted per example (and per target) in
     float64 on the device (:mod:`attrib.core.linear_fit`):
 
@@ -126,14 +134,16 @@ class Lime(CoalitionSurrogate):
       choice.
 
     Every element of a group gets its feature's coefficient :math:`\beta_j`
-    (Captum's ``return_input_shape=True``). With per-example masks the
-    coalitions are drawn over all ids and each example's fit sees only its own
-    features; the others get 0.
+    (Captum's ``return_input_shape=True``).
 
     Coalitions are drawn on the inputs' device from ``seed``/``generator``
     and shared by the examples (Captum redraws per example; the distribution
-    is the same), so an example's map does not depend on the rest of the
-    batch. Rows are scored ``batch_size`` at a time; the fit keeps
+    is the same). With per-example masks (token spans of texts of different
+    lengths, superpixels) each example's features are numbered ``0 .. M_e-1``
+    and the coalitions are drawn feature by feature
+    (:func:`~attrib.core.randomness.feature_major_rand`), so example ``e``
+    reads the same ``z`` over its own features in any batch as alone: an
+    example's map does not depend on the rest of the batch. Rows are scored ``batch_size`` at a time; the fit keeps
     ``O(N F^2)`` numbers, whatever ``n_samples``, so group pixels into
     superpixels or cells (:mod:`attrib.perturb.feature_masks`) for images
     (at most :data:`MAX_FEATURES` features).
@@ -164,7 +174,7 @@ class Lime(CoalitionSurrogate):
         additional_forward_args: Any = None,
     ) -> Any:
         """LIME maps of ``target`` for ``inputs``: each feature's surrogate coefficient, in the form of ``inputs``."""
-        samples = _positive_int(n_samples, "n_samples", "the number of coalitions scored per example")
+        samples = positive_int(n_samples, "n_samples", "the number of coalitions scored per example")
         fit = _surrogate_fit(interpretable_model, alpha)
         if isinstance(kernel_width, bool) or not isinstance(kernel_width, numbers.Real) or not kernel_width > 0:
             raise ValueError(f"kernel_width must be a positive number, got {kernel_width!r}")
@@ -240,8 +250,12 @@ def _callable_fit(model: SurrogateFit) -> Fit:
 
 
 def lime_coalitions(count: int, features: int, generator: torch.Generator) -> Tensor:
-    """``(count, 1, features)`` bool: coalitions with every feature present with probability 1/2, independently."""
-    return torch.rand(count, 1, features, generator=generator, device=torch.device(generator.device)) < 0.5
+    """``(count, 1, features)`` bool: coalitions with every feature present with probability 1/2, independently.
+
+    Drawn feature by feature (:func:`~attrib.core.randomness.feature_major_rand`):
+    the first ``G`` columns are ``lime_coalitions(count, G)`` from the same generator state.
+    """
+    return (feature_major_rand(count, features, generator) < 0.5).unsqueeze(1)
 
 
 def similarity_weights(problem: Coalitions, present: Tensor, kernel_width: float, distance: str) -> Tensor:
@@ -253,11 +267,17 @@ def similarity_weights(problem: Coalitions, present: Tensor, kernel_width: float
     \sum x^2 + (1 - z_j)\sum x b` and likewise for :math:`\|x_z\|^2` and
     :math:`\|x - x_z\|^2`. Norms are clamped at 1e-8 as in
     ``torch.nn.CosineSimilarity``.
+
+    If an input is not floating point (token ids), the distance is between
+    the presence vectors :math:`\mathbf 1` and :math:`z` over each example's
+    own :math:`M` features (:func:`presence_distances`), not between id vectors.
     """
     groups, batch = problem.groups, problem.batch
+    z = present.to(torch.float64)
+    if not all(x.is_floating_point() for x in batch.tensors):
+        return torch.exp(-(presence_distances(z, problem.active, distance) ** 2) / (2 * kernel_width**2))
     xs = tuple(x.to(torch.float64) for x in batch.tensors)
     bs = tuple(b.to(torch.float64) for b in problem.fills)
-    z = present.to(torch.float64)
     if distance == "euclidean":
         gap = feature_sums(groups, tuple((x - b) ** 2 for x, b in zip(xs, bs)))  # (N, F)
         squared = (1 - z) @ gap.t()
@@ -272,6 +292,22 @@ def similarity_weights(problem: Coalitions, present: Tensor, kernel_width: float
     return torch.exp(-squared / (2 * kernel_width**2))
 
 
+def presence_distances(present: Tensor, active: Tensor, distance: str) -> Tensor:
+    r"""``(S, N)`` float64: distances between the all-present coalition and each coalition, per example.
+
+    ``present`` ``(S, F)`` coalitions, ``active`` ``(N, F)`` the features each
+    example has (:math:`M` of them, :math:`|z|` present): cosine
+    :math:`1 - \langle \mathbf 1, z\rangle / (\|\mathbf 1\|\,\|z\|) = 1 - \sqrt{|z|/M}`
+    (norms clamped at 1e-8, so 1 for the empty coalition), or Euclidean
+    :math:`\|\mathbf 1 - z\|_2 = \sqrt{M - |z|}`.
+    """
+    on = present.to(torch.float64) @ active.to(torch.float64).t()  # (S, N): |z| over the example's features
+    total = active.sum(1).to(torch.float64)  # (N,): M
+    if distance == "euclidean":
+        return (total - on).clamp_min(0).sqrt()
+    return 1 - on / (total.sqrt().clamp_min(1e-8) * on.sqrt().clamp_min(1e-8))
+
+
 def feature_sums(groups: FeatureGroups, values: tuple[Tensor, ...]) -> Tensor:
     """``(N, F)``: each example's sum of ``values`` (one ``(N, ...)`` tensor per input) over each feature's elements."""
     n = values[0].shape[0]
@@ -280,9 +316,3 @@ def feature_sums(groups: FeatureGroups, values: tuple[Tensor, ...]) -> Tensor:
         index = mask.expand(n, *value.shape[1:]).reshape(n, -1)
         out.scatter_add_(1, index, value.expand(n, *value.shape[1:]).reshape(n, -1))
     return out
-
-
-def _positive_int(value: object, name: str, meaning: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
-    return int(value)

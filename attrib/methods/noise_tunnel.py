@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,8 +11,9 @@ from torch import Tensor
 
 from ..attribution import Attribution
 from ..core.batching import BatchSize, add_rows_per_example, check_batch_size, fold_blocks, sample_major_rows
+from ..core.checks import positive_int
 from ..core.inputs import InputBatch, InputsLike, as_forward_args, as_input_batch, as_result_tuple
-from ..core.randomness import make_generator
+from ..core.randomness import NoiseStream, draw_dtype, make_generator
 from ..core.signatures import accepts
 from ..targets import TargetLike
 
@@ -93,8 +93,7 @@ class NoiseTunnel(Attribution):
         """Noise-averaged maps of the wrapped method (see the class docstring)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        n_samples = positive_int(n_samples, "n_samples", "the number of noisy copies per example")
         if stdev_mode not in STDEV_MODES:
             raise ValueError(f"stdev_mode must be 'relative' or 'absolute', got {stdev_mode!r}")
         with_delta = bool(method_options.pop("return_convergence_delta", False))
@@ -117,7 +116,7 @@ class NoiseTunnel(Attribution):
 
         with self._guard():
             resolved = self._resolved_target(target, batch, args, batch_size)
-            noise = _NoiseStream(lambda: self.sample_noise(batch.tensors, scales, rng), n)
+            noise = NoiseStream(lambda: self.sample_noise(batch.tensors, scales, rng), n)
             sums: list[Tensor] = []
             squares: list[Tensor] = []
             deltas: list[Tensor] = []
@@ -174,48 +173,9 @@ class NoiseTunnel(Attribution):
         so a half-precision call sees the same noise as a float32 one.
         """
         return tuple(
-            (torch.randn(x.shape, generator=generator, device=x.device, dtype=_draw_dtype(x)) * scale).to(x.dtype)
+            (torch.randn(x.shape, generator=generator, device=x.device, dtype=draw_dtype(x)) * scale).to(x.dtype)
             for x, scale in zip(inputs, scales)
         )
-
-
-class _NoiseStream:
-    """Noise for sample-major rows, drawn one whole copy (all N examples) at a time.
-
-    Drawing per copy, in order, makes the noise independent of how rows are
-    split into blocks. The copies a block spans stay held until a later block
-    starts past them, so a block retried after an out-of-memory error (with
-    ``batch_size="auto"``) gets the same noise again; at most the copies of
-    one block (``batch_size / N + 1`` of them) are held.
-    """
-
-    def __init__(self, draw: Callable[[], tuple[Tensor, ...]], n: int) -> None:
-        self._draw = draw
-        self._n = n
-        self._first = 0  # copy number of self._held[0]
-        self._held: list[tuple[Tensor, ...]] = []
-
-    def rows(self, start: int, stop: int) -> tuple[Tensor, ...]:
-        first, last = start // self._n, (stop - 1) // self._n
-        if first < self._first:
-            raise RuntimeError("noise rows must be requested in order")  # never: blocks only move forward
-        drop = min(first - self._first, len(self._held))
-        del self._held[:drop]
-        self._first += drop
-        while self._first + len(self._held) <= last:
-            self._held.append(self._draw())
-        pieces = []
-        row = start
-        while row < stop:
-            copy, example = divmod(row, self._n)
-            take = min(stop - row, self._n - example)
-            pieces.append(tuple(c[example : example + take] for c in self._held[copy - self._first]))
-            row += take
-        return tuple(parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zip(*pieces))
-
-
-def _draw_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _noise_scales(batch: InputBatch, stdev: Any, *, relative: bool) -> tuple[Tensor, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -10,9 +9,10 @@ from torch import Tensor
 
 from ..core.baselines import as_baselines
 from ..core.batching import BatchSize, check_batch_size
+from ..core.checks import positive_int
 from ..core.features import as_feature_groups
 from ..core.inputs import InputsLike, as_forward_args, as_input_batch
-from ..core.randomness import make_generator
+from ..core.randomness import feature_major_rand, make_generator
 from ..perturbation_attribution import PerturbationAttribution
 from ..targets import TargetLike
 
@@ -46,7 +46,14 @@ class ShapleyValueSampling(PerturbationAttribution):
     are mostly pairwise.
 
     Orders are drawn on the inputs' device from ``seed``/``generator`` and
-    shared by the examples (as in Captum). All prefixes of all orders are
+    shared by the examples (as in Captum). With per-example masks (token
+    spans of texts of different lengths, superpixels) each example's features
+    are numbered ``0 .. F_e-1`` and its order is the shared order of
+    ``0 .. F-1`` (``F`` the most any example has) restricted to its own
+    features; orders are drawn by sorting keys laid out feature by feature
+    (:func:`feature_orders`), so that restriction is exactly the order the
+    example draws alone: an example's map does not depend on the rest of the
+    batch. All prefixes of all orders are
     scored as sample-major rows, ``batch_size`` at a time: the baseline and
     the full input once, and ``F - 1`` partial coalitions per order, so
     ``2 + P (F - 1)`` copies per example. Inputs may be token ids, with
@@ -74,16 +81,18 @@ class ShapleyValueSampling(PerturbationAttribution):
     ) -> Any:
         """Shapley value maps of ``target`` for ``inputs``, in the form of ``inputs``."""
         batch = as_input_batch(inputs, floating=False)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int (the number of random orders), got {n_samples!r}")
+        samples = positive_int(n_samples, "n_samples", "the number of random orders")
         n, device = batch.n, batch.device
         args = as_forward_args(additional_forward_args, n)
         batch_size = check_batch_size(batch_size)
-        groups = as_feature_groups(feature_mask, batch)
+        groups = as_feature_groups(feature_mask, batch, local=True)
         fills = as_baselines(baselines, batch)
         features = groups.n_features
-        orders = feature_orders(int(n_samples), features, make_generator(seed, generator, device), bool(antithetic))
-        rank = orders.argsort(1)  # rank[p, j]: the position of feature j in order p
+        orders = feature_orders(samples, features, make_generator(seed, generator, device), bool(antithetic))
+        rank = orders.argsort(1).unsqueeze(1)  # rank[p, 0, j]: the position of feature j in order p
+        if groups.per_example:  # rank[p, e, j]: its position among example e's features 0 .. F_e - 1
+            own = torch.where(groups.occurs.unsqueeze(0), rank, features)
+            rank = own.argsort(dim=2, stable=True).argsort(dim=2)
         partial = features - 1
 
         def perturb(example: Tensor, copy: Tensor) -> tuple[Tensor, ...]:
@@ -91,7 +100,7 @@ class ShapleyValueSampling(PerturbationAttribution):
             local = (copy - 2).clamp(min=0)
             order = torch.div(local, max(partial, 1), rounding_mode="floor")
             size = torch.where(copy >= 2, local % max(partial, 1) + 1, copy * features)
-            present = rank.index_select(0, order) < size.unsqueeze(1)
+            present = rank[order, example if groups.per_example else 0] < size.unsqueeze(1)
             return groups.compose(present, example, batch.tensors, fills)
 
         with self._guard():
@@ -102,21 +111,27 @@ class ShapleyValueSampling(PerturbationAttribution):
         shape = (orders.shape[0], 1, *values.shape[1:])
         middle = values[2:].view(orders.shape[0], partial, *values.shape[1:])
         prefixes = torch.cat([values[0].expand(shape), middle, values[1].expand(shape)], 1)  # (P, F + 1, N[, K])
+        if groups.per_example:  # an example's prefixes of F_e or more features are its input: score it as such
+            whole = torch.arange(features + 1, device=device).view(-1, 1) >= groups.counts.view(1, -1)  # (F + 1, N)
+            whole = whole.view(1, *whole.shape, *([1] * (values.dim() - 2)))
+            prefixes = torch.where(whole, values[1].unsqueeze(0).unsqueeze(0), prefixes)
         gains = prefixes[:, 1:] - prefixes[:, :-1]  # (P, F, N[, K]): gain of adding the feature at each position
-        at_rank = rank.view(*rank.shape, *([1] * (gains.dim() - 2))).expand_as(gains)
-        phi = gains.gather(1, at_rank).mean(0).to(scores.dtype)  # (F, N[, K]), by feature
+        at_rank = rank.transpose(1, 2).reshape(*rank.shape[:1], features, -1, *([1] * (gains.dim() - 3)))
+        phi = gains.gather(1, at_rank.expand_as(gains)).mean(0).to(scores.dtype)  # (F, N[, K]), by feature
         return batch.restore(groups.expand(groups.features_last(phi)))
 
 
 def feature_orders(count: int, features: int, generator: torch.Generator, antithetic: bool = False) -> Tensor:
     """``(count, features)``: uniformly random orders of ``0..features-1`` (row ``p`` lists order ``p``).
 
-    Drawn on the generator's device by sorting uniform keys; with
-    ``antithetic`` rows come in pairs, an order followed by its reverse.
+    Drawn on the generator's device by sorting uniform float64 keys laid out
+    feature by feature (:func:`~attrib.core.randomness.feature_major_rand`,
+    ties broken by feature number), so order ``p`` restricted to features
+    ``0 .. G-1`` is ``feature_orders(count, G)[p]`` from the same generator
+    state. With ``antithetic`` rows come in pairs, an order followed by its reverse.
     """
-    device = torch.device(generator.device)
     drawn = (count + 1) // 2 if antithetic else count
-    orders = torch.rand(drawn, features, generator=generator, device=device).argsort(1)
+    orders = feature_major_rand(drawn, features, generator, torch.float64).argsort(dim=1, stable=True)
     if antithetic:
         orders = torch.stack([orders, orders.flip(1)], 1).reshape(-1, features)[:count]
     return orders
