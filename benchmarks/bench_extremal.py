@@ -2,9 +2,11 @@
 
     python benchmarks/bench_extremal.py                                   # CPU defaults below
     python benchmarks/bench_extremal.py --model resnet50 --size 224 --iters 800 --images 8 --device cuda
+    python benchmarks/bench_extremal.py --model shapes-cnn --step 2 --sigma 6 --areas 0.025 0.05 0.1 --images 8
 
 Each column runs in its own subprocess (so its peak resident memory is its
-own) on the same model (torchvision, random weights, eval mode) and inputs:
+own) on the same model (torchvision, random weights, eval mode; or a shipped
+model, ``shapes-cnn``/``shapes-resnet``, on 64-px images) and inputs:
 
 * ``torchray``: one ``extremal_perturbation`` call per image, all areas in
   the call (TorchRay batches the areas of one image).
@@ -15,7 +17,8 @@ own) on the same model (torchvision, random weights, eval mode) and inputs:
   costing the best per-row forward+backward time (input gradient only) over
   block sizes 1, 2, 4, ... up to ``rows``.
 
-Both methods run ``--iters`` steps with jitter on. Times are the median over
+Both methods run ``--iters`` steps with jitter on, the same ``--step`` and
+``--sigma`` (TorchRay's 7 and 21 by default). Times are the median over
 ``--repeats`` rounds; each round runs every column once, in a fresh process,
 after a short warm-up. ``peak RSS`` is the process's maximum resident set
 size (``idle``: the same process before any work, i.e. imports, model and
@@ -46,9 +49,19 @@ def peak_rss_mb() -> float:
 
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)  # the benchmark's own process: the global RNG is ours to use
-    model = getattr(torchvision.models, args.model)(weights=None).eval().to(args.device)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(args.images, 3, args.size, args.size, generator=g).to(args.device)
+    if args.model.startswith("shapes-"):
+        from attrib.data import load_model
+
+        model = load_model(args.model).to(args.device)
+    else:
+        model = getattr(torchvision.models, args.model)(weights=None).eval().to(args.device)
+    if args.model.startswith("shapes-"):
+        from attrib.data import make_shapes
+
+        x = make_shapes(args.images, seed=2026).images.to(args.device)  # the benchmark's images, 64 px
+    else:
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(args.images, 3, args.size, args.size, generator=g).to(args.device)
     with torch.no_grad():
         targets = model(x).argmax(1)
     return model, x, targets
@@ -85,7 +98,8 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         def run(iters: int) -> None:
             for i in range(args.images):
                 extremal_perturbation(
-                    model, x[i : i + 1], int(targets[i]), areas=args.areas, max_iter=iters, variant=args.variant
+                    model, x[i : i + 1], int(targets[i]), areas=args.areas, max_iter=iters, variant=args.variant,
+                    step=args.step, sigma=args.sigma,
                 )
     elif args.worker == "attrib":
         from attrib.methods.extremal import ExtremalPerturbation
@@ -95,7 +109,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
         def run(iters: int) -> None:
             method.attribute(
                 x, targets, areas=args.areas, max_iter=iters, variant=args.variant, seed=0,
-                batch_size=args.batch_size,
+                batch_size=args.batch_size, step=args.step, sigma=args.sigma,
             )
     else:
         for p in model.parameters():
@@ -120,12 +134,15 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet18", help="a torchvision.models constructor name")
+    parser.add_argument("--model", default="resnet18",
+                        help="a torchvision.models constructor name, or shapes-cnn / shapes-resnet (64 px)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--images", type=int, default=2, help="images per call (N)")
     parser.add_argument("--areas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--iters", type=int, default=20, help="max_iter of both methods")
     parser.add_argument("--variant", default="preserve", choices=["preserve", "delete", "dual"])
+    parser.add_argument("--step", type=int, default=7, help="mask grid spacing in px, both methods")
+    parser.add_argument("--sigma", type=float, default=21.0, help="mask smoothness in px, both methods")
     parser.add_argument("--batch-size", type=int, default=None, help="attrib's batch_size (default: all rows)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per process")
@@ -156,9 +173,11 @@ def main() -> None:
     }
 
     n = args.images
+    size = 64 if args.model.startswith("shapes-") else args.size
     print(
-        f"ExtremalPerturbation, {args.model} at {args.size} px on {args.device} ({args.threads} threads): "
-        f"{n} images x {len(args.areas)} areas, {args.variant}, {args.iters} iterations, "
+        f"ExtremalPerturbation, {args.model} at {size} px on {args.device} ({args.threads} threads): "
+        f"{n} images x {len(args.areas)} areas, {args.variant}, {args.iters} iterations, step {args.step}, "
+        f"sigma {args.sigma:g}, "
         f"{rows_per_step(args)} rows per step\n"
     )
     print("| column | total (s) | per image (s) | torchray / this | this / limit | peak RSS (MB) | idle RSS (MB) |")

@@ -17,9 +17,10 @@ post-processing (abs-max over channels for input gradients) and scored by the
 same metrics. Peer rows are skipped where the peer is not installed.
 
 Extremal perturbation also runs at TorchRay's pointing-game settings, in both
-libraries (areas 0.025, 0.05 and 0.1, masks summed and smoothed by 9% of the
-side, TorchRay's step, sigma and blur scaled to 64 px, its area-weight growth
-1.0035 a step, ``--ep-iters`` steps). RISE also runs with each fixed score
+libraries alike (``benchmarks/bench_ep_pointing.py``: areas 0.025, 0.05 and
+0.1, masks summed and smoothed by 9% of the side, TorchRay's step and sigma
+scaled to 64 px, its blur of 20 px, its area-weight growth 1.0035 a step,
+``--ep-iters`` steps). RISE also runs with each fixed score
 (softmax, sigmoid, logits) beside the registry's ``score="auto"`` (sigmoid on
 the multi-label shipped models).
 """
@@ -50,48 +51,18 @@ def _module(model: nn.Module, role: str) -> nn.Module:
     return model.get_submodule(name)
 
 
-EP_AREAS = [0.025, 0.05, 0.1]
-"""Extremal perturbation at TorchRay's pointing-game settings: these areas' masks summed, then smoothed."""
-
-
-def _ep_settings(images: Tensor, iters: int) -> dict[str, float | int | list[float]]:
-    """TorchRay's step, sigma and blur (for 224 px) scaled to the images; ``iters`` steps."""
-    scale = images.shape[-1] / 224
-    return {"areas": EP_AREAS, "max_iter": iters, "step": max(1, round(7 * scale)), "sigma": 21 * scale}
-
-
-def _summed(masks: Tensor) -> Tensor:
-    """``(P, A, H, W)`` masks -> ``(P, 1, H, W)``: summed over the areas, smoothed (TorchRay's ``smooth=0.09``)."""
-    from attrib.perturb.blur import gaussian_blur
-
-    return gaussian_blur(masks.sum(1, keepdim=True), 0.09 * masks.shape[-1])
-
-
 def extremal_methods(iters: int) -> dict[str, PeerMethod]:
-    """Extremal perturbation at TorchRay's benchmark settings: attrib's, and TorchRay's if installed."""
-    from attrib.methods.extremal import ExtremalPerturbation
+    """Extremal perturbation at TorchRay's pointing-game settings, both libraries alike (see bench_ep_pointing)."""
+    from bench_ep_pointing import attrib_runner, summed, torchray_runner
 
-    def ours(m: nn.Module, x: Tensor, c: Tensor) -> Tensor:
-        settings = _ep_settings(x, iters)
-        masks = ExtremalPerturbation(m).attribute(
-            x, c, seed=0, batch_size=256, regul_growth=1.0035, max_blur=20 * x.shape[-1] / 224, **settings
-        )
-        return _summed(masks)
-
-    methods = {"attrib, TorchRay's settings": ours}
+    ours = attrib_runner(iters, batch_size=256)
+    methods: dict[str, PeerMethod] = {"attrib, TorchRay's settings": lambda m, x, c: summed(ours(m, x, c))}
     try:
-        from torchray.attribution.extremal_perturbation import extremal_perturbation
+        import torchray  # noqa: F401
     except ImportError:
         return methods
-
-    def theirs(m: nn.Module, x: Tensor, c: Tensor) -> Tensor:
-        settings = _ep_settings(x, iters)
-        masks = [extremal_perturbation(m, x[i : i + 1], int(k), **settings)[0][:, 0] for i, k in enumerate(c.tolist())]
-        for p in m.parameters():  # TorchRay leaves them frozen
-            p.requires_grad_(True)
-        return _summed(torch.stack(masks))
-
-    methods["TorchRay"] = theirs
+    theirs = torchray_runner(iters)
+    methods["TorchRay"] = lambda m, x, c: summed(theirs(m, x, c))
     return methods
 
 

@@ -112,44 +112,52 @@ def test_a_batch_of_squares_each_finds_its_own():
         assert float(mask[inside].mean()) > 0.6 and float(mask[~inside].mean()) < 0.06
 
 
-# The shipped benchmark: TorchRay's pointing-game settings (three areas summed, then smoothed), both libraries.
+# The shipped benchmark: TorchRay's pointing-game settings (three areas summed, then smoothed), both libraries alike
+# (benchmarks/bench_ep_pointing.py runs the same comparison on more images, seeds and both models).
 
 AREAS = [0.025, 0.05, 0.1]
 
 
-def pointing_hits(images: int, max_iter: int, seed: int = 2026) -> tuple[int, int, int]:
-    """Hits of attrib's and TorchRay's EP over the (image, class) pairs of ``make_shapes(images)``, and the count."""
+def pointing_hits(
+    model_name: str, images: int, max_iter: int, seed: int = 2026, pairs_used: list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hits ``(P,)`` of attrib's and TorchRay's EP over the (image, class) pairs of ``make_shapes(images)``.
+
+    Both at TorchRay's settings scaled to 64 px (step 2, sigma 6; its blur of 20 px and area-weight growth
+    1.0035, which its function fixes), jitter on; ``pairs_used`` picks some of the pairs.
+    """
     pairs = Pairs.generate(images, seed)
-    model = load_model("shapes-cnn")
-    size = pairs.images.shape[-1]
+    index = torch.tensor(pairs_used) if pairs_used is not None else torch.arange(len(pairs.classes))
+    x, classes, masks = pairs.images[index], pairs.classes[index], pairs.masks[index]
+    model = load_model(model_name)
+    size = x.shape[-1]
     settings = {"areas": AREAS, "max_iter": max_iter, "step": round(7 * size / 224), "sigma": 21 * size / 224}
 
-    def summed(masks: torch.Tensor) -> torch.Tensor:
-        return gaussian_blur(masks.sum(1, keepdim=True), 0.09 * size)  # TorchRay's smooth=0.09
+    def summed(m: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(m.sum(1, keepdim=True), 0.09 * size)  # TorchRay's smooth=0.09
 
-    ours = ExtremalPerturbation(model).attribute(
-        pairs.images, pairs.classes, seed=0, max_blur=20 * size / 224, regul_growth=1.0035, **settings
-    )
+    ours = ExtremalPerturbation(model).attribute(x, classes, seed=0, max_blur=20, regul_growth=1.0035, **settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = torch.cat([
-            torchray_extremal_perturbation(model, pairs.images[i : i + 1], int(c), **settings)[0][:, 0].unsqueeze(0)
-            for i, c in enumerate(pairs.classes.tolist())
+        theirs = torch.stack([
+            torchray_extremal_perturbation(model, x[i : i + 1], int(c), **settings)[0][:, 0]
+            for i, c in enumerate(classes.tolist())
         ])
     for p in model.parameters():  # TorchRay leaves them frozen
         p.requires_grad_(True)
-    game = PointingGame(pairs.masks, tolerance=4)
-    return int(game(summed(ours)).sum()), int(game(summed(theirs)).sum()), len(pairs.classes)
+    game = PointingGame(masks, tolerance=4)
+    return game(summed(ours)), game(summed(theirs))
 
 
-@pytest.mark.slow  # ~20-40 s on two CPU cores: both libraries optimise 3 areas per pair
-def test_points_at_least_as_well_as_torchray_on_shipped_images():
-    ours, theirs, count = pointing_hits(images=3, max_iter=60)
-    assert ours >= theirs and ours >= count - 1, (ours, theirs, count)
+def test_points_at_least_as_well_as_torchray_on_a_few_shipped_images():
+    # A circle, a ring and a cross from the benchmark's images, 30 steps.
+    ours, theirs = pointing_hits("shapes-cnn", images=12, max_iter=30, pairs_used=[0, 1, 6])
+    assert int(ours.sum()) >= int(theirs.sum()) and bool(ours.all()), (ours, theirs)
 
 
-@pytest.mark.slow
-def test_points_about_as_well_as_torchray_on_more_shipped_images():
-    # Measured (100 steps, 23 pairs): pointing accuracy 0.97 for attrib, 1.00 for TorchRay; 0.76 before the fix.
-    ours, theirs, count = pointing_hits(images=12, max_iter=100)
-    assert ours >= theirs - 1 and ours >= 0.9 * count, (ours, theirs, count)
+@pytest.mark.slow  # ~2-4 min on two CPU cores: both libraries optimise 3 areas for each of 23 pairs
+@pytest.mark.parametrize("model_name", ["shapes-cnn", "shapes-resnet"])
+def test_points_at_least_as_well_as_torchray_on_the_shipped_benchmark(model_name):
+    # Measured (100 steps, 23 pairs): shapes-cnn 23 hits for both, shapes-resnet 21 for both (the same two missed).
+    ours, theirs = pointing_hits(model_name, images=12, max_iter=100)
+    assert int(ours.sum()) >= int(theirs.sum()) and int(ours.sum()) >= 0.9 * len(ours), (ours, theirs)

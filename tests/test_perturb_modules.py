@@ -306,6 +306,27 @@ def test_mask_generator_matches_torchray(shape, step, sigma):
             assert_relative(a, b)
 
 
+def test_mask_generator_softmax_blocks_change_nothing(monkeypatch):
+    """The soft maximum walks the cells in blocks of POOL_BLOCK elements: any block size gives the same masks and
+    gradients (the formula's, in float64, beyond [0, 1] too)."""
+    import attrib.perturb.mask_generator as module
+
+    gen = MaskGenerator((7, 9), 2, 3.0, clamp=False).to(torch.float64)
+    params = (3 * rand(2, 1, *gen.shape_in, seed=5, dtype=torch.float64) - 1).requires_grad_(True)
+    weights = rand(2, 1, *gen.shape_out, seed=6, dtype=torch.float64)
+    full = gen.generate(params)[1]
+    (grad,) = torch.autograd.grad((full * weights).sum(), params)
+    torch.testing.assert_close(full, reference_mask(params.detach(), gen), atol=1e-6, rtol=1e-5)  # float32 weights
+    size = (2 * gen.radius + 1) ** 2 * gen.step**2
+    for budget in (1, 7 * size + 3):  # one cell a block, then 7 (the last block shorter)
+        monkeypatch.setitem(module.POOL_BLOCK, "cpu", budget)
+        other = gen.generate(params)[1]
+        (other_grad,) = torch.autograd.grad((other * weights).sum(), params)
+        torch.testing.assert_close(other, full, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(other_grad, grad, atol=1e-12, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda p: gen.generate(p)[1], (params[:1].detach().requires_grad_(True),))
+
+
 def test_mask_generator_gradients_devices_and_errors():
     gen = MaskGenerator((6, 5), 2, 2.0, pooling="sum", clamp=False).to(torch.float64)
     assert gen.weight.dtype == torch.float64

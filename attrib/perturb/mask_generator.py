@@ -44,6 +44,11 @@ class MaskGenerator(nn.Module):
     one vectorised expression on the module's device, moved by
     ``.to(device)``); :attr:`weight` expands them to TorchRay's
     ``(1, (2r+1)^2, *shape_out)``. :meth:`generate_mask` skips the margins.
+    The soft maximum never stores the :math:`(2r+1)^2` products of every
+    pixel: it runs over blocks of cells of a fixed size (:data:`POOL_BLOCK`
+    elements) and keeps three numbers per pixel for the backward pass; its
+    largest tensor is the :math:`(2r+1)^2` parameters each cell sees,
+    ``step**2`` times smaller than the products.
 
     Args:
         shape: the image size ``(H, W)``.
@@ -196,11 +201,12 @@ class MaskGenerator(nn.Module):
         extra = [m + 2 * self.radius - z - 2 * self.padding for m, z in zip(self._grid, self.shape_in)]
         padded = F.pad(params.to(self.cell_weight.dtype), (self.padding, self.padding + extra[1]) + (
             self.padding, self.padding + extra[0]))
-        cells = F.unfold(padded, (size, size)).view(k, size * size, *self._grid)
         # Every pixel of a cell sees the same (2r+1)^2 parameters and the weights repeat from cell to cell:
-        # lay the products out as (mask, cell, neighbour, pixel of the cell) so both broadcast cheaply.
+        # lay the parameters out as (mask, cell, neighbour) (a strided view of the padded grid, copied once) and
+        # the weights as (neighbour, pixel of the cell).
         a, b = rows[1] - rows[0], cols[1] - cols[0]
-        cells = cells[:, :, rows[0] : rows[1], cols[0] : cols[1]].permute(0, 2, 3, 1).reshape(k, a * b, size * size)
+        windows = padded[:, 0, rows[0] : rows[1] + size - 1, cols[0] : cols[1] + size - 1]
+        cells = windows.unfold(1, size, 1).unfold(2, size, 1).reshape(k, a * b, size * size)
         weight = self.cell_weight.to(cells.dtype).view(size * size, step * step)
         if self.pooling == "softmax":
             pooled: Tensor = _SoftmaxPool.apply(cells, weight)
@@ -216,33 +222,69 @@ class MaskGenerator(nn.Module):
                 f"pooling={self.pooling!r}, shape_in={self.shape_in}, shape_out={self.shape_out}")
 
 
-class _SoftmaxPool(torch.autograd.Function):
-    r"""The soft maximum :math:`m = \sum_j a_j e^{\beta a_j} / \sum_j e^{\beta a_j}` of :math:`a_j = w_{jt} c_j`, fused.
+#: Elements of the ``(rows, pixels, neighbours)`` temporaries of one block of the soft maximum: small enough to
+#: stay in a CPU core's cache, large enough that a GPU kernel fills the device.
+POOL_BLOCK = {"cpu": 2**17, "cuda": 2**24}
 
+
+class _SoftmaxPool(torch.autograd.Function):
+    r"""The soft maximum :math:`m_t = \sum_j a_{tj} e_{tj} / \sum_j e_{tj}` of :math:`a_{tj} = w_{jt} c_j`, fused.
+
+    :math:`e_{tj} = e^{\beta (a_{tj} - s_t)}` with the pixel's largest
+    product :math:`s_t = \max_j a_{tj}` (so every exponential is at most 1).
     ``cells`` ``(K, P, J)`` holds the :math:`J` parameters :math:`c_j` each of
     :math:`P` cells sees, ``weight`` ``(J, T)`` the weights :math:`w_{jt}` of
-    the :math:`T` pixels of a cell; the result is ``(K, P, T)``. Autograd
-    through the plain expression allocates and reads about ten ``(K, P, J, T)``
-    tensors; this allocates one per pass (:math:`q_j = w_j e^{\beta a_j}`
-    forward, :math:`q_j h` backward) and does the sums over :math:`j` and
-    :math:`t` as matrix products, from
-    :math:`\partial m/\partial a_j = e^{\beta a_j}(1 + \beta a_j - \beta m) / \sum_i e^{\beta a_i}`.
+    the :math:`T` pixels of a cell; the result is ``(K, P, T)``.
+
+    The ``(K P, T, J)`` products are never stored: both passes walk the
+    :math:`KP` cells in blocks of :data:`POOL_BLOCK` elements (a few hundred
+    kB on a CPU, so the half dozen element-wise passes of a block run in
+    cache), and the forward pass keeps only :math:`m`, :math:`s` and
+    :math:`Z = \sum_j e_{tj}` per pixel. The backward pass recomputes the
+    exponentials of a block and sums, from
+    :math:`\partial m_t/\partial a_{tj} = e_{tj}(1 + \beta a_{tj} - \beta m_t)/Z_t`,
+
+    .. math::
+        \frac{\partial L}{\partial c_j} = \sum_t w_{jt} e_{tj}\, h_t\,(1 - \beta m_t + \beta a_{tj}),
+        \qquad h_t = \frac{\partial L/\partial m_t}{Z_t}.
     """
 
     @staticmethod
     def forward(ctx: Any, cells: Tensor, weight: Tensor) -> Tensor:
-        exps = cells.unsqueeze(3) * weight  # (K, P, J, T): a_j
-        exps.sub_(exps.amax(2, keepdim=True)).mul_(COLDNESS).exp_()  # e^{beta a_j}, scaled by the pixel's largest
-        total = exps.sum(2)
-        q = exps.mul_(weight)
-        pooled = (cells.unsqueeze(2) @ q).squeeze(2).div_(total)  # sum_j c_j q_j = sum_j a_j e_j
-        ctx.save_for_backward(cells, weight, q, total, pooled)
-        return pooled
+        k, p, j = cells.shape
+        w = weight.t().contiguous()  # (T, J): the neighbours contiguous, so every reduction runs along memory
+        flat = cells.reshape(k * p, j)
+        rows = _pool_rows(flat, w)
+        pooled, shift, total = (flat.new_empty(k * p, w.shape[0]) for _ in range(3))
+        for start in range(0, k * p, rows):
+            block = slice(start, start + rows)
+            a = flat[block].unsqueeze(1) * w  # (rows, T, J)
+            torch.amax(a, 2, out=shift[block])
+            e = torch.sub(a, shift[block].unsqueeze(2)).mul_(COLDNESS).exp_()
+            torch.sum(e, 2, out=total[block])
+            torch.sum(e.mul_(a), 2, out=pooled[block])
+        pooled.div_(total)
+        ctx.save_for_backward(flat, w, pooled, shift, total)
+        return pooled.view(k, p, -1)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        cells, weight, q, total, pooled = ctx.saved_tensors
-        qh = q * (grad / total).unsqueeze(2)  # q_j h, h = grad / sum_i e_i (q stays intact for retain_graph)
-        first = (qh @ (1 - COLDNESS * pooled).unsqueeze(3)).squeeze(3)  # sum_t q_j h (1 - beta m)
-        second = qh.mul_(weight).sum(3)  # sum_t q_j w_j h
-        return first + COLDNESS * cells * second, None
+        flat, w, pooled, shift, total = ctx.saved_tensors
+        h = grad.reshape(pooled.shape) / total
+        base = h * (1 - COLDNESS * pooled)  # h_t (1 - beta m_t)
+        h.mul_(COLDNESS)
+        out = torch.empty_like(flat)
+        rows = _pool_rows(flat, w)
+        for start in range(0, flat.shape[0], rows):
+            block = slice(start, start + rows)
+            a = flat[block].unsqueeze(1) * w
+            we = torch.sub(a, shift[block].unsqueeze(2)).mul_(COLDNESS).exp_().mul_(w)  # w_jt e_tj
+            factor = a.mul_(h[block].unsqueeze(2)).add_(base[block].unsqueeze(2))  # h_t (1 - beta m_t + beta a_tj)
+            torch.sum(we.mul_(factor), 1, out=out[block])
+        return out.view(*grad.shape[:2], -1), None
+
+
+def _pool_rows(flat: Tensor, w: Tensor) -> int:
+    """Cells per block of :class:`_SoftmaxPool`: :data:`POOL_BLOCK` elements of ``(rows, T, J)``."""
+    budget = POOL_BLOCK["cuda" if flat.is_cuda else "cpu"]
+    return max(1, budget // w.numel())
