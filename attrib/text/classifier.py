@@ -12,13 +12,14 @@ from ..core.batching import BatchSize, check_batch_size, map_blocks
 from ..core.forward import first_parameter
 from ..core.state import guarded
 from ..targets import TargetLike
-from .methods import METHODS, TokenMethod, check_embeddings_run_once, check_options, run, token_method
+from .explainer import TokenExplainer
+from .methods import METHODS, check_embeddings_run_once, check_options, run
 from .model import HFModel
 from .scores import TokenScores
 from .tokens import TokenInputs, as_token_inputs, baseline_ids, token_feature_mask
 
 
-class ClassifierExplainer:
+class ClassifierExplainer(TokenExplainer):
     r"""Explain a sequence classifier's class score token by token.
 
     The model is any module taking ``input_ids=`` and ``attention_mask=``
@@ -73,26 +74,17 @@ class ClassifierExplainer:
         keep_special: bool = True,
         embeddings: str | nn.Module | None = None,
     ) -> None:
-        self.model = (
-            model if isinstance(model, HFModel) and embeddings is None else HFModel(model, embeddings=embeddings)
+        super().__init__(
+            model,
+            method,
+            METHODS,
+            tokenizer=tokenizer,
+            baseline=baseline,
+            granularity=granularity,
+            keep_special=keep_special,
+            embeddings=embeddings,
         )
-        self.spec: TokenMethod = token_method(method, METHODS)
         self.method = self.spec.build(self.model, self.model.embeddings)
-        if granularity not in ("token", "word"):
-            raise ValueError(f"granularity must be 'token' or 'word', got {granularity!r}")
-        if not isinstance(keep_special, bool):
-            raise TypeError(f"keep_special must be a bool, got {type(keep_special).__name__}")
-        self.tokenizer = tokenizer
-        self.baseline = baseline
-        self.granularity = granularity
-        self.keep_special = keep_special
-
-    def _ids_source(self) -> Any:
-        """Where named tokens' ids come from: the tokenizer, else the model's config (``pad_token_id``, ...)."""
-        return self.tokenizer if self.tokenizer is not None else getattr(self.model.wrapped, "config", None)
-
-    def __repr__(self) -> str:
-        return f"ClassifierExplainer({type(self.model.model).__name__}, method={self.spec.name!r})"
 
     def attribute(
         self,

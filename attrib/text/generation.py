@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from ..core.batching import BatchSize, check_batch_size
 from ..core.forward import first_parameter
 from ..core.state import guarded
-from .methods import TokenMethod, check_embeddings_run_once, check_options, run, token_method
+from .explainer import TokenExplainer
+from .methods import check_embeddings_run_once, check_options, run
 from .model import HFModel, TargetLogProbs, continuation
 from .scores import GenerationScores
 from .template import TemplateInput, TemplateLogProbs
@@ -20,7 +21,7 @@ from .tokens import TokenInputs, as_token_inputs, baseline_ids, token_feature_ma
 GENERATION_METHODS = ("integrated_gradients", "input_x_gradient", "feature_ablation", "shapley", "kernel_shap", "lime")
 
 
-class GenerationExplainer:
+class GenerationExplainer(TokenExplainer):
     r"""Explain a causal LM's continuation :math:`y_1..y_T` of a prompt :math:`x_1..x_P`.
 
     The explained scores are the teacher-forced log-probabilities
@@ -77,25 +78,16 @@ class GenerationExplainer:
         keep_special: bool = True,
         embeddings: str | nn.Module | None = None,
     ) -> None:
-        self.model = (
-            model if isinstance(model, HFModel) and embeddings is None else HFModel(model, embeddings=embeddings)
+        super().__init__(
+            model,
+            method,
+            GENERATION_METHODS,
+            tokenizer=tokenizer,
+            baseline=baseline,
+            granularity=granularity,
+            keep_special=keep_special,
+            embeddings=embeddings,
         )
-        self.spec: TokenMethod = token_method(method, GENERATION_METHODS)
-        if granularity not in ("token", "word"):
-            raise ValueError(f"granularity must be 'token' or 'word', got {granularity!r}")
-        if not isinstance(keep_special, bool):
-            raise TypeError(f"keep_special must be a bool, got {type(keep_special).__name__}")
-        self.tokenizer = tokenizer
-        self.baseline = baseline
-        self.granularity = granularity
-        self.keep_special = keep_special
-
-    def _ids_source(self) -> Any:
-        """Where named tokens' ids come from: the tokenizer, else the model's config (``pad_token_id``, ...)."""
-        return self.tokenizer if self.tokenizer is not None else getattr(self.model.wrapped, "config", None)
-
-    def __repr__(self) -> str:
-        return f"GenerationExplainer({type(self.model.model).__name__}, method={self.spec.name!r})"
 
     def attribute(
         self,
