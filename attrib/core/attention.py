@@ -265,13 +265,17 @@ def eager_multihead_attention(model: nn.Module, recorder: AttentionRecorder | No
     """
     owner = threading.get_ident()
 
-    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    # Another thread's forward on the same module may call these hooks while this block removes them, after
+    # torch dropped their with_kwargs flag (it keeps hook and flag in two dicts): they then get no kwargs. Such
+    # calls are never this thread's, so the hooks take any arguments and ignore them.
+    def pre_hook(module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
         if threading.get_ident() == owner and recorder is not None:
             recorder.paused += 1
 
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], *rest: Any) -> Any:
         if threading.get_ident() != owner:
             return None
+        kwargs: dict[str, Any] = rest[0] if len(rest) == 2 else {}
         if recorder is not None:
             recorder.paused -= 1
         assert isinstance(module, nn.MultiheadAttention)

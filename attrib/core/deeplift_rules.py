@@ -418,7 +418,8 @@ class RescaleRule(BackwardRule):
     def _differences(self, node: Node, paired: PairedTrace) -> tuple[Tensor, Tensor]:
         """``x - x'`` at a nonlinearity's input and where it is below ``eps``."""
         dx = paired.memo(node, "dx", lambda: _minus(*paired.halves(self._input(node, paired), node)))
-        return dx, dx.abs() < self.eps
+        # Compared in float32 at least: eps (1e-10) rounds to 0 in float16, where equal values then divide 0 by 0.
+        return dx, dx.abs().to(torch.promote_types(dx.dtype, torch.float32)) < self.eps
 
     def _input(self, node: Node, paired: PairedTrace) -> Tensor:
         if node.name() in MAX_POOLS:
