@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 import attrib
+from attrib.lrp import EpsilonAlpha2Beta1, EpsilonGammaBox
+from attrib.targets import Neuron
 
 from .models import ResidualBNNet, SmoothNet, build, inputs_for, specs
 
@@ -43,6 +45,49 @@ METHODS = {
     ),
     "pipeline": lambda m: (attrib.Saliency(m).then(attrib.ReduceChannels("l2")), {}),
     "product": lambda m: (attrib.GuidedBackprop(m) * attrib.InputXGradient(m), {}),
+}
+
+
+def _background(x: torch.Tensor) -> torch.Tensor:
+    return torch.rand((2, *x.shape[1:]), generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+
+
+#: The newer methods; each entry also takes the inputs (reference sets have their shape). Feature methods
+#: use the default mask (every element a feature, at most 108 here); layer methods a layer of the model.
+NEWER = {
+    "deeplift": lambda m, x: (attrib.DeepLift(m), {"batch_size": 2}),
+    "deeplift_shap": lambda m, x: (attrib.DeepLiftShap(m), {"baselines": _background(x), "batch_size": 4}),
+    "gradient_shap": lambda m, x: (
+        attrib.GradientShap(m),
+        {"baselines": _background(x), "n_samples": 3, "stdev": 0.1, "seed": 0, "batch_size": 2},
+    ),
+    "lrp": lambda m, x: (attrib.LRP(m), {"batch_size": 1}),
+    "lrp_alpha2beta1": lambda m, x: (attrib.LRP(m, EpsilonAlpha2Beta1()), {}),
+    "lrp_gamma_box": lambda m, x: (attrib.LRP(m, EpsilonGammaBox(low=-3.0, high=3.0)), {}),
+    "feature_ablation": lambda m, x: (attrib.FeatureAblation(m), {"batch_size": 16}),
+    "feature_permutation": lambda m, x: (attrib.FeaturePermutation(m), {"seed": 0, "batch_size": 16}),
+    "shapley": lambda m, x: (attrib.ShapleyValueSampling(m), {"n_samples": 2, "seed": 0, "batch_size": 32}),
+    "kernel_shap": lambda m, x: (attrib.KernelShap(m), {"n_samples": 8, "seed": 0, "batch_size": 4}),
+    "lime": lambda m, x: (attrib.Lime(m), {"n_samples": 8, "seed": 0, "batch_size": 4}),
+    "layer_integrated_gradients": lambda m, x: (
+        attrib.LayerIntegratedGradients(m, m[-1]),
+        {"n_steps": 3, "batch_size": 2},
+    ),
+    "layer_conductance": lambda m, x: (attrib.LayerConductance(m, m[-1]), {"n_steps": 3, "batch_size": 2}),
+    "layer_activation": lambda m, x: (attrib.LayerActivation(m, m[0]), {"batch_size": 1}),
+    "layer_gradient_x_activation": lambda m, x: (attrib.LayerGradientXActivation(m, m[0]), {"batch_size": 1}),
+    # A Neuron target (a unit of the head, or the mean of the first layer's output) instead of a class.
+    "neuron_saliency": lambda m, x: (attrib.Saliency(m), {"target": Neuron(m[-1], 1)}),
+    "neuron_integrated_gradients": lambda m, x: (
+        attrib.IntegratedGradients(m),
+        {"target": Neuron(m[0], lambda a: a.flatten(1).mean(1)), "n_steps": 3, "batch_size": 2},
+    ),
+    "neuron_deeplift": lambda m, x: (attrib.DeepLift(m), {"target": Neuron(m[-1], 0), "batch_size": 2}),
+    "neuron_lrp": lambda m, x: (attrib.LRP(m), {"target": Neuron(m[-1], 1), "batch_size": 1}),
+    "neuron_feature_ablation": lambda m, x: (
+        attrib.FeatureAblation(m),
+        {"target": Neuron(m[-1], 1), "batch_size": 8},
+    ),
 }
 
 
@@ -111,6 +156,65 @@ def test_state_restored_after_success_and_injected_failure(name, spec, fail_at, 
         method.attribute(x, target=0, **options)
     except RuntimeError as err:
         assert "injected failure" in str(err)
+    assert_same(before, snapshot(model, (x,)))
+
+
+@pytest.mark.parametrize("name", sorted(NEWER))
+@given(spec=specs(), fail_at=st.integers(0, 3), n=st.integers(1, 3))
+def test_newer_methods_restore_state_after_success_and_injected_failure(name, spec, fail_at, n):
+    inner = build(spec)
+    tripwire = Tripwire(fail_at)
+    model = nn.Sequential(inner[0], tripwire, *list(inner)[1:])
+    untidy(model, spec.seed)
+    n = max(n, 2) if name == "feature_permutation" else n  # permutes across the batch: N >= 2
+    x = inputs_for(spec.input_shape, n, spec.seed).requires_grad_(spec.seed % 2 == 0)
+    before = snapshot(model, (x,))
+    method, options = NEWER[name](model, x)
+    try:
+        method.attribute(x, **{"target": 0, **options})
+    except RuntimeError as err:
+        assert "injected failure" in str(err)
+    else:
+        assert fail_at == 0 or tripwire.calls < fail_at  # the fault was not reached
+    assert_same(before, snapshot(model, (x,)))
+
+
+def _vit_with_tripwire(fail_at: int) -> tuple[nn.Module, Tripwire]:
+    from .test_reliability_methods import vit_model
+
+    model = vit_model()
+    tripwire = Tripwire(fail_at)
+    block = model.encoder.layers[0]  # deep inside: after the first encoder layer's attention-and-MLP
+    block.mlp = nn.Sequential(block.mlp, nn.Sequential(tripwire))
+    return model, tripwire
+
+
+TRANSFORMER_METHODS = {
+    "attention_rollout": lambda m: (attrib.AttentionRollout(m), {"batch_size": 1}),
+    "gradient_weighted_rollout": lambda m: (attrib.GradientWeightedRollout(m), {"batch_size": 1}),
+    "attn_lrp": lambda m: (attrib.AttnLRP(m), {"batch_size": 1}),
+    "neuron_attn_lrp": lambda m: (
+        attrib.AttnLRP(m),
+        {"target": Neuron(m.encoder.layers[1].mlp, (0, 3)), "batch_size": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2])
+@pytest.mark.parametrize("name", sorted(TRANSFORMER_METHODS))
+def test_transformer_methods_restore_state_after_success_and_injected_failure(name, fail_at):
+    from .test_reliability_methods import vit_images
+
+    model, tripwire = _vit_with_tripwire(fail_at)
+    untidy(model, fail_at)
+    x = vit_images(2).requires_grad_(fail_at == 1)
+    before = snapshot(model, (x,))
+    method, options = TRANSFORMER_METHODS[name](model)
+    if fail_at:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            method.attribute(x, **{"target": 1, **options})
+    else:
+        method.attribute(x, **{"target": 1, **options})
     assert_same(before, snapshot(model, (x,)))
 
 
