@@ -459,17 +459,7 @@ OWN_INTEGER_ROW = {"AttnLRP"}
 
 
 #: Checks a method still lacks: (method, row label) -> what its owner must add. strict: fixing it flags the entry.
-_ROLLOUT_GAP = (
-    "AttentionRollout never scores the model output (attrib/methods/attention.py: its block only records the "
-    "attention under no_grad and reads the resolved target's K), so a bad target passes unchecked, whereas "
-    "LayerActivation, also class-agnostic, checks the target against the output 'as by every method'"
-)
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("AttentionRollout", "target out of range"): _ROLLOUT_GAP,
-    ("AttentionRollout", "callable target, wrong rows"): _ROLLOUT_GAP,
-    ("AttentionRollout", "dict output without a callable target"): _ROLLOUT_GAP,
-    ("AttentionRollout", "bad neuron"): _ROLLOUT_GAP,
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _bad_calls(name: str, method: Method) -> list[Bad]:

@@ -202,7 +202,9 @@ class AttentionRollout(_AttentionMethod):
             k.append(_k_of(target))
             recorder = AttentionRecorder(_batch_size_of(rows), lambda maps: fuse_heads(maps, fusion))
             with torch.no_grad():
-                self._recorded(rows, args, recorder)
+                output = self._recorded(rows, args, recorder)
+                if target.kind != "predicted":  # the map ignores the target, but a bad one is still an error
+                    target.scores(output, example)
                 return rollout_row(recorder.maps, token, alpha)
 
         maps = self._run(inputs, target, token, batch_size, additional_forward_args, block)
