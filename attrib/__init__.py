@@ -68,7 +68,7 @@ from .postprocess import GaussianSmooth, MinMaxNormalize, PercentileClip, Reduce
 from .rules import BackwardRule, DeconvReLU, GuidedReLU, UnsupportedModelError
 from .targets import Neuron, Target, TargetLike
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "GradientWeightedRollout",
