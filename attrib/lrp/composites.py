@@ -133,10 +133,7 @@ class EpsilonPlus(Composite):
         name_map: Mapping[str, LayerRule] | None = None,
         zero_bias: bool = False,
     ) -> None:
-        rules = [
-            (CONVOLUTIONS, ZPlus(stabilizer, zero_bias=zero_bias)),
-            (LINEARS, Epsilon(epsilon, zero_bias=zero_bias)),
-        ]
+        rules = _conv_then_linear(ZPlus(stabilizer, zero_bias=zero_bias), Epsilon(epsilon, zero_bias=zero_bias))
         super().__init__([*layer_map, *rules], name_map=name_map, stabilizer=stabilizer)
 
 
@@ -155,10 +152,7 @@ class EpsilonPlusFlat(Composite):
         name_map: Mapping[str, LayerRule] | None = None,
         zero_bias: bool = False,
     ) -> None:
-        rules = [
-            (CONVOLUTIONS, ZPlus(stabilizer, zero_bias=zero_bias)),
-            (LINEARS, Epsilon(epsilon, zero_bias=zero_bias)),
-        ]
+        rules = _conv_then_linear(ZPlus(stabilizer, zero_bias=zero_bias), Epsilon(epsilon, zero_bias=zero_bias))
         super().__init__(
             [*layer_map, *rules],
             name_map=name_map,
@@ -182,10 +176,9 @@ class EpsilonAlpha2Beta1(Composite):
         name_map: Mapping[str, LayerRule] | None = None,
         zero_bias: bool = False,
     ) -> None:
-        rules = [
-            (CONVOLUTIONS, AlphaBeta(2.0, 1.0, stabilizer, zero_bias=zero_bias)),
-            (LINEARS, Epsilon(epsilon, zero_bias=zero_bias)),
-        ]
+        rules = _conv_then_linear(
+            AlphaBeta(2.0, 1.0, stabilizer, zero_bias=zero_bias), Epsilon(epsilon, zero_bias=zero_bias)
+        )
         super().__init__([*layer_map, *rules], name_map=name_map, stabilizer=stabilizer)
 
 
@@ -208,16 +201,18 @@ class EpsilonGammaBox(Composite):
         name_map: Mapping[str, LayerRule] | None = None,
         zero_bias: bool = False,
     ) -> None:
-        rules = [
-            (CONVOLUTIONS, Gamma(gamma, stabilizer, zero_bias=zero_bias)),
-            (LINEARS, Epsilon(epsilon, zero_bias=zero_bias)),
-        ]
+        rules = _conv_then_linear(Gamma(gamma, stabilizer, zero_bias=zero_bias), Epsilon(epsilon, zero_bias=zero_bias))
         super().__init__(
             [*layer_map, *rules],
             name_map=name_map,
             first_map=[(CONVOLUTIONS, ZBox(low, high, stabilizer))],
             stabilizer=stabilizer,
         )
+
+
+def _conv_then_linear(conv: LayerRule, linear: LayerRule) -> list[tuple[ModuleTypes, LayerRule]]:
+    """The rule map every zennit composite shares: one rule for convolutions, another for linear layers."""
+    return [(CONVOLUTIONS, conv), (LINEARS, linear)]
 
 
 def _match(rule_map: RuleMap, module: nn.Module) -> LayerRule | None:
